@@ -14,6 +14,5 @@ func notYet(name string) func(context.Context, *CLI, []string) int {
 
 var (
 	runAgent   = notYet("agent")
-	runRollout = notYet("rollout")
 	runRelease = notYet("release")
 )

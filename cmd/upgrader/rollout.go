@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/upgrader-dev/upgrader/internal/consulconn"
+	"github.com/upgrader-dev/upgrader/internal/rollout"
+)
+
+const rolloutUsage = `Usage: upgrader rollout <start|status|pause|resume|halt> [options] <product> [version]
+
+  start  <product> <version>   write the target version (the agents do the rest)
+  status <product>             one line per node: role, version, state, since when
+  pause  <product>             no new node starts; one in flight finishes
+  resume <product>             clear a pause or a halt
+  halt   <product>             stop the rollout as a failed node would
+
+Consul is reached like the consul CLI: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...`
+
+// consulFlags are the connection flags every operator command shares.
+type consulFlags struct {
+	addr     string
+	prefix   string
+	reason   string
+	timeout  time.Duration
+	watch    bool
+	clients  int
+	downgrad bool
+}
+
+func runRollout(ctx context.Context, c *CLI, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(c.errw, rolloutUsage)
+		return ExitUsage
+	}
+	verb := args[0]
+	var f consulFlags
+	fs := flag.NewFlagSet("rollout "+verb, flag.ContinueOnError)
+	fs.SetOutput(c.errw)
+	fs.Usage = func() { fmt.Fprintln(c.errw, rolloutUsage+"\n\nOptions:"); fs.PrintDefaults() }
+	fs.StringVar(&f.addr, "http-addr", "", "Consul agent address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&f.prefix, "kv-prefix", rollout.DefaultPrefix, "KV prefix of the upgrader's state")
+	fs.StringVar(&f.reason, "reason", "", "why (recorded with the target or the control)")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline for the command's Consul calls")
+	fs.BoolVar(&f.watch, "watch", false, "status: print the table again whenever a node's record changes")
+	fs.IntVar(&f.clients, "client-concurrency", 0, "start: how many clients may restart at once (default 1)")
+	fs.BoolVar(&f.downgrad, "allow-downgrade", false, "start: allow a target older than what nodes run")
+	if err := fs.Parse(args[1:]); err != nil {
+		return ExitUsage
+	}
+	rest := fs.Args()
+	want := 1
+	if verb == "start" {
+		want = 2
+	}
+	if len(rest) != want {
+		fs.Usage()
+		return ExitUsage
+	}
+	product := rest[0]
+	if product != "consul" {
+		fmt.Fprintf(c.errw, "upgrader rollout: product %q is not supported yet: use consul\n", product)
+		return ExitUsage
+	}
+	conn, err := consulconn.New(consulconn.Config{Address: f.addr})
+	if err != nil {
+		fmt.Fprintf(c.errw, "upgrader rollout: %v\n", err)
+		return ExitError
+	}
+	defer conn.Close()
+	store, err := rollout.NewStore(conn.API().KV(), product, rollout.WithPrefix(f.prefix))
+	if err != nil {
+		fmt.Fprintf(c.errw, "upgrader rollout: %v\n", err)
+		return ExitUsage
+	}
+	if !f.watch {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	by := operatorName()
+	switch verb {
+	case "start":
+		err = rolloutStart(ctx, c, store, rest[1], f, by)
+	case "status":
+		err = rolloutStatus(ctx, c, store, f.watch)
+	case "pause":
+		err = printControl(c)(store.Pause(ctx, by, f.reason))
+	case "resume":
+		err = printControl(c)(store.Resume(ctx, by, f.reason))
+	case "halt":
+		reason := f.reason
+		if reason == "" {
+			reason = "halted by " + by
+		}
+		err = printControl(c)(store.Halt(ctx, by, reason))
+	default:
+		fmt.Fprintf(c.errw, "upgrader rollout: unknown action %q\n\n%s\n", verb, rolloutUsage)
+		return ExitUsage
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return ExitInterrupted
+		}
+		fmt.Fprintf(c.errw, "upgrader rollout %s: %v\n", verb, err)
+		return ExitError
+	}
+	return ExitOK
+}
+
+func rolloutStart(ctx context.Context, c *CLI, store *rollout.Store, version string, f consulFlags, by string) error {
+	v, err := rollout.NormalizeVersion(version)
+	if err != nil {
+		return err
+	}
+	t := rollout.Target{Version: v, ClientConcurrency: f.clients, AllowDowngrade: f.downgrad, SetBy: by, Reason: f.reason, SetAt: time.Now().UTC()}
+	if t.ClientConcurrency == 0 {
+		t.ClientConcurrency = rollout.DefaultClientConcurrency
+	}
+	t, err = store.SetTarget(ctx, t)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "target set: %s (watch it with: upgrader rollout status %s -watch)\n", t, "consul")
+	return nil
+}
+
+func rolloutStatus(ctx context.Context, c *CLI, store *rollout.Store, watch bool) error {
+	var last string
+	for {
+		t, _, _, terr := store.ReadTarget(ctx)
+		if terr != nil && !errors.Is(terr, rollout.ErrNoTarget) {
+			var te *rollout.TargetError
+			if !errors.As(terr, &te) {
+				return terr
+			}
+		}
+		ctl, _, err := store.ReadControl(ctx)
+		if err != nil {
+			return err
+		}
+		nodes, err := store.ListNodeStatus(ctx)
+		if err != nil {
+			return err
+		}
+		var b strings.Builder
+		if err := rollout.FormatStatusTable(&b, nodes, ctl, t, time.Now()); err != nil {
+			return err
+		}
+		if !watch {
+			_, err := fmt.Fprint(c.out, b.String())
+			return err
+		}
+		if b.String() != last {
+			fmt.Fprintf(c.out, "--- %s\n%s", time.Now().Format(time.TimeOnly), b.String())
+			last = b.String()
+		}
+		timer := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		}
+	}
+}
+
+// printControl reports the outcome of a control change; curried so it takes a call's results directly.
+func printControl(c *CLI) func(rollout.Control, bool, error) error {
+	return func(ctl rollout.Control, changed bool, err error) error {
+		if err != nil {
+			return err
+		}
+		if !changed {
+			fmt.Fprintf(c.out, "unchanged: %s\n", ctl)
+			return nil
+		}
+		fmt.Fprintf(c.out, "rollout is now %s\n", ctl)
+		return nil
+	}
+}
+
+func operatorName() string {
+	host, _ := os.Hostname()
+	if u, err := user.Current(); err == nil {
+		return u.Username + "@" + host
+	}
+	return host
+}

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/upgrader-dev/upgrader/internal/health"
+	"github.com/upgrader-dev/upgrader/internal/rollout"
+)
+
+// Run watches the target and upgrades this node when it should, until ctx ends. It first finishes or
+// rolls back whatever its journal says was in flight when the previous upgrader stopped.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.resume(ctx); err != nil {
+		return err
+	}
+	var (
+		index   uint64
+		recheck time.Duration // zero: block on the target key until it changes
+	)
+	for ctx.Err() == nil {
+		var (
+			t   rollout.Target
+			idx uint64
+			err error
+		)
+		if recheck > 0 {
+			if a.sleep(ctx, recheck) != nil {
+				break
+			}
+			t, _, idx, err = a.o.Store.ReadTarget(ctx)
+		} else {
+			t, _, idx, err = a.o.Store.WatchTarget(ctx, index)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		var terr *rollout.TargetError
+		switch {
+		case errors.As(err, &terr):
+			index = terr.Index
+			if errors.Is(err, rollout.ErrNoTarget) {
+				a.report(ctx, rollout.StateIdle, "no target set", nil)
+			} else {
+				a.report(ctx, rollout.StateInvalidTarget, "target ignored", err)
+			}
+			recheck = 0
+			continue
+		case errors.Is(err, rollout.ErrPermissionDenied):
+			return fmt.Errorf("failed to read the target: %w", err)
+		case err != nil:
+			a.log.Warn("failed to read the target; retrying", "error", err)
+			recheck = a.o.Recheck
+			continue
+		}
+		index = idx
+		recheck = a.reconcile(ctx, t, idx)
+	}
+	return nil
+}
+
+// reconcile does what the plan for target t says and returns how soon to look again (zero: when the
+// target changes).
+func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uint64) time.Duration {
+	in, _, err := a.gather(ctx, t)
+	if err != nil {
+		a.report(ctx, rollout.StateWaiting, "local agent not answering", err)
+		return a.o.Recheck
+	}
+	a.status.Version, a.status.Target = in.LocalVersion, t.Version
+	plan := Decide(in)
+	switch plan.Action {
+	case ActionIdle:
+		a.report(ctx, rollout.StateIdle, plan.Reason, nil)
+		return 0
+	case ActionInvalid:
+		a.report(ctx, rollout.StateInvalidTarget, plan.Reason, nil)
+		return 0
+	case ActionUpToDate:
+		if a.status.State != rollout.StateDone {
+			a.report(ctx, rollout.StateUpToDate, plan.Reason, nil)
+		}
+		return 0
+	case ActionRefuse:
+		a.report(ctx, rollout.StateBlocked, plan.Reason, nil)
+		return 0
+	case ActionBlocked:
+		a.report(ctx, rollout.StateBlocked, plan.Reason, nil)
+		return a.o.Recheck
+	case ActionWaitServer, ActionWaitLeader:
+		// Stage while waiting, so the node's turn costs only the restart.
+		if _, err := a.stage(ctx, t.Version); err != nil {
+			a.report(ctx, rollout.StateFailed, "staging failed: nothing was changed", err)
+			return stagingRetry
+		}
+		a.report(ctx, rollout.StateWaiting, plan.Reason, nil)
+		return a.o.Recheck
+	case ActionUpgrade:
+		return a.upgrade(ctx, t, targetIndex)
+	}
+	return a.o.Recheck
+}
+
+// stagingRetry is how long a node waits before retrying a release that could not be staged (missing in
+// the mirror, bad signature): long enough not to hammer the release site, short enough that a fixed
+// mirror is picked up without a restart.
+const stagingRetry = 30 * time.Second
+
+// gather reads everything Decide needs: the rollout control and one health observation.
+func (a *Agent) gather(ctx context.Context, t rollout.Target) (Inputs, health.Observation, error) {
+	obs, err := a.o.Observe(ctx)
+	if err != nil {
+		return Inputs{}, obs, err
+	}
+	ctl, _, err := a.o.Store.ReadControl(ctx)
+	if err != nil {
+		return Inputs{}, obs, fmt.Errorf("failed to read the rollout control: %w", err)
+	}
+	in := Inputs{
+		Target:         t.Version,
+		AllowDowngrade: t.AllowDowngrade,
+		Control:        string(ctl.State),
+		ControlReason:  ctl.Reason,
+		Node:           a.o.Node,
+		Server:         obs.Local.Server,
+		LocalVersion:   obs.Local.Version,
+		IsLeader:       obs.Local.Raft != nil && obs.Local.Raft.State == "Leader",
+		Members:        obs.Members,
+	}
+	return in, obs, nil
+}
