@@ -337,9 +337,7 @@ func TestIntegrationGates(t *testing.T) {
 			t.Fatalf("restart %s: %v", cl.Name, err)
 		}
 		answered := time.Since(stop)
-		observe := func(ctx context.Context) (Observation, error) {
-			return Observe(ctx, ObserveInput{Local: FromClient(cl.API()), CallTimeout: 2 * time.Second})
-		}
+		observe := Observer(ObserveInput{Local: FromClient(cl.API()), CallTimeout: 2 * time.Second})
 		cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
 		defer ccancel()
 		rep, err := Confirm(cctx, observe, ClientConfirmGate(b), testWindow, testInterval, SystemClock{},

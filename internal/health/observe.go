@@ -54,6 +54,11 @@ type ObserveInput struct {
 // callFunc derives the deadline of one HTTP call from the observation's context.
 type callFunc func(context.Context) (context.Context, context.CancelFunc)
 
+// Observer returns an ObserveFunc that observes with in, for Confirm and WaitUntil.
+func Observer(in ObserveInput) ObserveFunc {
+	return func(ctx context.Context) (Observation, error) { return Observe(ctx, in) }
+}
+
 // agentSelf is the part of /v1/agent/self that Observe reads.
 type agentSelf struct {
 	Config struct {
