@@ -9,6 +9,17 @@ root="${UPGRADER_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/upgrader/testbin}"
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(1.16.0 1.16.1)
 
+# One build at a time: internal/testbin (Go tests, devcluster) takes an flock on the same file and sets
+# UPGRADER_TESTBIN_LOCKED=1 when it runs this script; a human or CI run takes the lock here.
+if [ -z "${UPGRADER_TESTBIN_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
+	mkdir -p "$root"
+	exec 9>"$root/.build.lock"
+	if ! flock -n 9; then
+		echo "testbin: another build holds $root/.build.lock; waiting ..."
+		flock 9
+	fi
+fi
+
 build_one() {
 	local v="$1"
 	local out="$root/consul/$v/consul"

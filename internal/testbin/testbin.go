@@ -21,11 +21,17 @@ import (
 // EnvDir names the environment variable that overrides the cache directory.
 const EnvDir = "UPGRADER_TESTBIN"
 
+// EnvLocked tells scripts/testbin.sh that its caller already holds the build lock.
+const EnvLocked = "UPGRADER_TESTBIN_LOCKED"
+
 // Product is the only product built here for now.
 const Product = "consul"
 
 // buildScript is the repository-relative script that builds a version into Dir().
 const buildScript = "scripts/testbin.sh"
+
+// lockName is the build lock in the cache dir; scripts/testbin.sh takes the same one.
+const lockName = ".build.lock"
 
 // DefaultBuildTimeout bounds one build when the caller's context has no deadline: a cold build takes about
 // seven minutes on two cores, so twenty minutes only trips on a build that is stuck.
@@ -126,7 +132,7 @@ func Ensure(ctx context.Context, version string, out io.Writer) (string, error) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("failed to create the testbin cache %s: %w", dir, err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(dir, ".build.lock"))
+	unlock, err := lockFile(ctx, filepath.Join(dir, lockName))
 	if err != nil {
 		return "", err
 	}
@@ -144,7 +150,8 @@ func Ensure(ctx context.Context, version string, out io.Writer) (string, error) 
 func runBuild(ctx context.Context, root, dir, version string, out io.Writer) error {
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, buildScript), version)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), EnvDir+"="+dir)
+	// The script takes the same lock itself unless told that its caller holds it.
+	cmd.Env = append(os.Environ(), EnvDir+"="+dir, EnvLocked+"=1")
 	cmd.Stdout = out
 	cmd.Stderr = out
 	// The build runs `go` children: put them in their own group and kill the whole group on cancel.

@@ -86,6 +86,9 @@ type Options struct {
 	// Supervised: configs are written but the harness never starts agents; something else (the
 	// upgrader's exec restarter) runs Node.Binary() with Node.AgentArgs(). Waits still work.
 	Supervised bool
+	// Harnessed names nodes the harness still runs itself in a supervised cluster (a node that is
+	// never upgraded, e.g. the client a monitor writes through).
+	Harnessed []string
 	// Logger receives the harness's own messages (default: t.Logf). Agents log to their own files.
 	Logger hclog.Logger
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -174,7 +175,7 @@ func (n *Node) Start(ctx context.Context) error {
 
 // spawn starts the process and returns without waiting.
 func (n *Node) spawn() error {
-	if n.c.opts.Supervised {
+	if n.c.opts.Supervised && !slices.Contains(n.c.opts.Harnessed, n.Name) {
 		return ErrSupervised
 	}
 	n.mu.Lock()

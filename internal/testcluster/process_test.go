@@ -137,3 +137,23 @@ func TestSupervisedRefusesToStart(t *testing.T) {
 		t.Fatalf("Node.Start = %v, want ErrSupervised", err)
 	}
 }
+
+func TestSupervisedHarnessedNodeStarts(t *testing.T) {
+	bin := writeScript(t, `echo started; exec sleep 300`)
+	c, err := Create(t, Options{Block: 10, Servers: 1, Clients: 1, Binary: bin, Supervised: true, Harnessed: []string{"c1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Node("s1").spawn(); !errors.Is(err, ErrSupervised) {
+		t.Fatalf("s1 spawn = %v, want ErrSupervised", err)
+	}
+	if err := c.Node("c1").spawn(); err != nil {
+		t.Fatalf("harnessed c1 spawn = %v", err)
+	}
+	if !c.Node("c1").Running() {
+		t.Fatal("c1 should run")
+	}
+	if err := c.Node("c1").Kill(); err != nil {
+		t.Fatal(err)
+	}
+}
