@@ -3,7 +3,6 @@ package testcluster
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -169,5 +168,4 @@ func TestSupervised(t *testing.T) {
 	if c.Node("s1").Running() {
 		t.Error("a supervised node must not report a harness process")
 	}
-	_ = fmt.Sprint()
 }
