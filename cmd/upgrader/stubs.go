@@ -13,6 +13,5 @@ func notYet(name string) func(context.Context, *CLI, []string) int {
 }
 
 var (
-	runAgent   = notYet("agent")
 	runRelease = notYet("release")
 )

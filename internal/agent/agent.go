@@ -87,9 +87,12 @@ type Options struct {
 	Installer Installer
 	Restarter Restarter
 	Locks     LockFactory
-	Observe   Observer
-	Cluster   Cluster
-	Store     Store
+	Observe   Observer // for decisions and the pre-flight gate
+	// ObserveConfirm adds the consistent write probe; used only by the confirm gate, so that waiting
+	// nodes do not load the cluster with writes. Nil: Observe.
+	ObserveConfirm Observer
+	Cluster        Cluster
+	Store          Store
 
 	ClientLimit       int           // client semaphore limit when the target does not say
 	Stabilization     time.Duration // how long the confirm gate must hold
@@ -129,6 +132,9 @@ func New(o Options) (*Agent, error) {
 	}
 	if o.Product == "" {
 		o.Product = "consul"
+	}
+	if o.ObserveConfirm == nil {
+		o.ObserveConfirm = o.Observe
 	}
 	if o.KVPrefix == "" {
 		o.KVPrefix = "upgrader/"

@@ -169,8 +169,8 @@ func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jo
 		return
 	}
 	if cause == nil && j.Step == StepConfirming {
-		a.report(ctx, rollout.StateDone, fmt.Sprintf("upgraded %s -> %s", j.From, j.Target), nil)
 		a.status.Version = j.Target
+		a.report(ctx, rollout.StateDone, fmt.Sprintf("upgraded %s -> %s", j.From, j.Target), nil)
 		a.recordOutcome(ctx, rolloutID, rollout.Outcome{State: rollout.StateDone, From: j.From, To: j.Target})
 		_ = clearJournal(a.o.StateDir)
 		if lostBefore(lost) {
@@ -275,7 +275,7 @@ func (a *Agent) confirm(ctx context.Context, base health.Baseline) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.o.ConfirmTimeout)
 	defer cancel()
-	rep, err := health.Confirm(cctx, health.ObserveFunc(a.o.Observe), gate, a.o.Stabilization, a.o.Interval, a.clock,
+	rep, err := health.Confirm(cctx, health.ObserveFunc(a.o.ObserveConfirm), gate, a.o.Stabilization, a.o.Interval, a.clock,
 		health.WithName("confirm "+base.TargetVersion), health.WithLogger(a.log))
 	a.log.Info("confirmation", "version", base.TargetVersion, "passed", err == nil, "elapsed", rep.Elapsed,
 		"samples", rep.Samples, "failed_samples", rep.Failed, "seen", rep.SeenReasons())
@@ -294,14 +294,40 @@ func (a *Agent) transferLeadership(ctx context.Context) {
 	}
 	// Wait until every server agrees on a new leader that is not us.
 	_, _, err := health.WaitUntil(tctx, health.ObserveFunc(a.o.Observe), func(obs health.Observation, _ time.Time) health.Verdict {
-		if obs.Local.Raft != nil && obs.Local.Raft.State == "Leader" {
-			return health.Verdict{Reasons: []string{"this server is still the leader"}}
-		}
-		return health.Preflight(obs, health.Policy{AllowSingleServer: a.o.AllowSingleServer})
+		return leaderMovedOff(obs, a.o.Node, health.Policy{AllowSingleServer: a.o.AllowSingleServer})
 	}, a.o.Interval, health.WithName("leader transfer"), health.WithLogger(a.log), health.WithClock(a.clock))
 	if err != nil {
 		a.log.Warn("no new leader confirmed after the transfer; restarting anyway", "error", err)
 	}
+}
+
+// leaderMovedOff passes once this server is no longer the leader in its own raft state nor in any
+// server's answer, and the pre-flight gate holds for the new leader. Servers briefly keep naming the
+// old leader after a transfer, so agreeing on "a leader" is not enough: it must not be us.
+func leaderMovedOff(obs health.Observation, node string, policy health.Policy) health.Verdict {
+	if obs.Local.Raft != nil && obs.Local.Raft.State == "Leader" {
+		return health.Verdict{Reasons: []string{"this server is still the leader"}}
+	}
+	self := ""
+	if obs.Raft != nil {
+		for _, s := range obs.Raft.Servers {
+			if s.Node == node {
+				self = s.Address
+			}
+			if s.Leader && s.Node == node {
+				return health.Verdict{Reasons: []string{"the raft configuration still names this server leader"}}
+			}
+		}
+	}
+	for _, sl := range obs.ServerLeaders {
+		if self != "" && sl.Leader == self {
+			return health.Verdict{Reasons: []string{sl.Node + " still names this server leader"}}
+		}
+	}
+	if self != "" && obs.LocalLeader == self {
+		return health.Verdict{Reasons: []string{"the local agent still names this server leader"}}
+	}
+	return health.Preflight(obs, policy)
 }
 
 // snapshotOnce saves a Consul snapshot before the first server of a rollout restarts (FAULTS F4).

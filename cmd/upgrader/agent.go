@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/upgrader-dev/upgrader/internal/agent"
+	"github.com/upgrader-dev/upgrader/internal/config"
+	"github.com/upgrader-dev/upgrader/internal/consulconn"
+	"github.com/upgrader-dev/upgrader/internal/health"
+	"github.com/upgrader-dev/upgrader/internal/install"
+	"github.com/upgrader-dev/upgrader/internal/lock"
+	"github.com/upgrader-dev/upgrader/internal/release"
+	"github.com/upgrader-dev/upgrader/internal/restart"
+	"github.com/upgrader-dev/upgrader/internal/rollout"
+)
+
+const agentUsage = `Usage: upgrader agent -config FILE [options]
+
+Runs next to one Consul agent: watches <kv_prefix>consul/target and upgrades this node when it is its
+turn. See README "Configuration" for the file format.`
+
+func runAgent(ctx context.Context, c *CLI, args []string) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(c.errw)
+	fs.Usage = func() { fmt.Fprintln(c.errw, agentUsage+"\n\nOptions:"); fs.PrintDefaults() }
+	cfgPath := fs.String("config", "", "HCL configuration file (required)")
+	nodeName := fs.String("node-name", "", "override node_name")
+	logLevel := fs.String("log-level", "", "override log_level (trace, debug, info, warn, error)")
+	httpAddr := fs.String("http-addr", "", "override consul.address (else CONSUL_HTTP_ADDR)")
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	if *cfgPath == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	cfg, err := config.ParseFile(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(c.errw, "upgrader agent: %v\n", err)
+		return ExitUsage
+	}
+	cfg.Merge(&config.Config{NodeName: *nodeName, LogLevel: *logLevel, Consul: &config.Consul{Address: *httpAddr}})
+	if err := cfg.Finalize(); err != nil {
+		fmt.Fprintf(c.errw, "upgrader agent: %v\n", err)
+		return ExitUsage
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "upgrader", Level: hclog.LevelFromString(cfg.LogLevel), Output: c.errw})
+	if err := runAgentWith(ctx, cfg, logger); err != nil {
+		if ctx.Err() != nil {
+			return ExitOK
+		}
+		logger.Error("agent stopped", "error", err)
+		return ExitError
+	}
+	return ExitOK
+}
+
+// runAgentWith builds every component from the configuration and runs the agent until ctx ends.
+func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) error {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("failed to create state_dir: %w", err)
+	}
+	keyring, err := loadKeyring(cfg.Release.PublicKeys)
+	if err != nil {
+		return err
+	}
+	for _, k := range release.ExpiringKeys(keyring, time.Now(), 90*24*time.Hour) {
+		logger.Warn("a pinned release key expires soon: add its refreshed copy to release.public_keys", "key", k.String())
+	}
+
+	// The local connection never fails over: the gates must see this node's own agent.
+	local, err := consulconn.New(consulconn.Config{Address: cfg.Consul.Address, TokenFile: cfg.Consul.TokenFile, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	cluster, err := consulconn.New(consulconn.Config{Address: cfg.Consul.Address, TokenFile: cfg.Consul.TokenFile,
+		Fallbacks: cfg.Consul.FallbackAddrs, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+
+	restarter, stopAgent, err := buildRestarter(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer stopAgent()
+
+	self, err := waitLocalAgent(ctx, local.API(), logger)
+	if err != nil {
+		return err
+	}
+	node := cfg.NodeName
+	if node == "" {
+		node = self.node
+	}
+	if len(cfg.Consul.FallbackAddrs) == 0 {
+		if addrs, err := cluster.DiscoverServers(ctx); err == nil {
+			_ = cluster.SetFallbacks(addrs)
+			logger.Info("lock fallbacks discovered", "servers", addrs)
+		} else {
+			logger.Warn("failed to discover fallback servers; the lock relies on the local agent", "error", err)
+		}
+	}
+
+	store, err := rollout.NewStore(cluster.API().KV(), cfg.Product, rollout.WithPrefix(cfg.KVPrefix), rollout.WithLogger(logger))
+	if err != nil {
+		return err
+	}
+	dialer := health.NewDialer(localAPIConfig(cfg))
+	defer dialer.Close()
+	probeKey := cfg.KVPrefix + cfg.Product + "/probe/" + node
+	observer := func(probe string) agent.Observer {
+		return func(ctx context.Context) (health.Observation, error) {
+			in := health.ObserveInput{Local: health.FromClient(local.API()), ProbeKey: probe}
+			if self.server {
+				in.Dial = dialer.Dial
+			}
+			return health.Observe(ctx, in)
+		}
+	}
+	locks := func(prefix string, limit int, session string) (agent.Lock, error) {
+		l, err := lock.New(cluster.API(), lock.Options{Prefix: prefix, Limit: limit, Holder: node,
+			TTL: cfg.Lock.TTLDuration, LockDelay: cfg.Lock.LockDelayDuration, SessionID: session, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		return notAcquiredLock{l}, nil
+	}
+	a, err := agent.New(agent.Options{
+		Product: cfg.Product, KVPrefix: cfg.KVPrefix, Node: node, Server: self.server, StateDir: cfg.StateDir,
+		GOOS: cfg.Release.OS, GOARCH: cfg.Release.Arch,
+		Fetcher: &release.Source{BaseURL: cfg.Release.URL, Keyring: keyring, AllowInsecureHTTP: cfg.Release.AllowInsecureHTTP,
+			CacheDir: filepath.Join(cfg.StateDir, "releases"), Logger: logger},
+		Installer:         install.Binary{LivePath: cfg.Binary.Path},
+		Restarter:         restarter,
+		Locks:             locks,
+		Observe:           observer(""),
+		ObserveConfirm:    observer(probeKey),
+		Cluster:           clusterOps{local: local.API(), cluster: cluster.API()},
+		Store:             store,
+		ClientLimit:       cfg.Lock.ClientLimit,
+		Stabilization:     cfg.Gates.StabilizationDuration,
+		ConfirmTimeout:    cfg.Gates.ConfirmTimeoutDuration,
+		Interval:          cfg.Gates.IntervalDuration,
+		AllowSingleServer: cfg.Gates.AllowSingleServer,
+		Logger:            logger,
+	})
+	if err != nil {
+		return err
+	}
+	logger.Info("upgrader agent running", "node", node, "server", self.server, "version", self.version,
+		"target_key", cfg.KVPrefix+cfg.Product+"/target")
+	return a.Run(ctx)
+}
+
+// notAcquiredLock maps the lock package's "not acquired" onto the agent's sentinel.
+type notAcquiredLock struct{ *lock.Lock }
+
+func (l notAcquiredLock) Acquire(ctx context.Context) (<-chan struct{}, error) {
+	ch, err := l.Lock.Acquire(ctx)
+	if errors.Is(err, lock.ErrNotAcquired) {
+		return nil, fmt.Errorf("%w: %w", agent.ErrNotAcquired, err)
+	}
+	return ch, err
+}
+
+func loadKeyring(files []string) (openpgp.EntityList, error) {
+	if len(files) == 0 {
+		return release.DefaultKeyring()
+	}
+	var all openpgp.EntityList
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read release.public_keys file: %w", err)
+		}
+		ks, err := release.ReadKeyring(b)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read release key %s: %w", f, err)
+		}
+		all = append(all, ks...)
+	}
+	return all, nil
+}
+
+// buildRestarter makes the configured restarter; in exec mode it also starts (or adopts) the agent and
+// returns how to stop it when the upgrader shuts down.
+func buildRestarter(ctx context.Context, cfg *config.Config, logger hclog.Logger) (agent.Restarter, func(), error) {
+	switch cfg.Restart.Mode {
+	case config.RestartSystemd:
+		return &restart.Systemd{Unit: cfg.Restart.Unit}, func() {}, nil
+	case config.RestartCommand:
+		return &restart.Command{Argv: cfg.Restart.Command}, func() {}, nil
+	}
+	var out io.Writer = os.Stderr
+	if cfg.Restart.LogFile != "" {
+		f, err := os.OpenFile(cfg.Restart.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("failed to open restart.log_file: %w", err)
+		}
+		out = f
+	}
+	ex, err := restart.New(restart.ExecInput{
+		Path: cfg.Binary.Path, Args: cfg.Restart.Args, Stdout: out, Stderr: out,
+		KillTimeout: cfg.Restart.KillTimeoutDuration, PIDFile: filepath.Join(cfg.StateDir, "agent.pid"), Logger: logger,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ex.Start(ctx); err != nil {
+		return nil, nil, fmt.Errorf("failed to start the agent: %w", err)
+	}
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Restart.KillTimeoutDuration+5*time.Second)
+		defer cancel()
+		if err := ex.Stop(sctx); err != nil {
+			logger.Warn("failed to stop the agent", "error", err)
+		}
+	}
+	return ex, stop, nil
+}
+
+type localSelf struct {
+	node, version string
+	server        bool
+}
+
+// waitLocalAgent waits until the local agent answers and says who it is.
+func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (localSelf, error) {
+	backoff := 200 * time.Millisecond
+	for {
+		self, err := c.Agent().Self()
+		if err == nil {
+			cfg := self["Config"]
+			s := localSelf{}
+			s.node, _ = cfg["NodeName"].(string)
+			s.version, _ = cfg["Version"].(string)
+			s.server, _ = cfg["Server"].(bool)
+			if s.node != "" {
+				return s, nil
+			}
+		}
+		logger.Info("waiting for the local agent to answer", "error", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return localSelf{}, fmt.Errorf("failed to reach the local agent: %w", ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// localAPIConfig is the api configuration the per-server dialer copies (TLS, token).
+func localAPIConfig(cfg *config.Config) *api.Config {
+	ac := api.DefaultConfig()
+	if cfg.Consul.TokenFile != "" {
+		ac.TokenFile = cfg.Consul.TokenFile
+	}
+	return ac
+}
+
+// clusterOps are the cluster-wide operations the agent performs through Consul's API.
+type clusterOps struct {
+	local, cluster *api.Client
+}
+
+// TransferLeader asks the local server (the leader) to hand leadership to another voter.
+func (o clusterOps) TransferLeader(ctx context.Context) error {
+	resp, err := o.local.Operator().RaftLeaderTransfer("", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("failed to transfer leadership: %w", err)
+	}
+	if !resp.Success {
+		return errors.New("failed to transfer leadership: consul reported no success")
+	}
+	return nil
+}
+
+// Snapshot saves a consistent snapshot of the cluster's state to path (atomically).
+func (o clusterOps) Snapshot(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("failed to create the snapshot directory: %w", err)
+	}
+	rc, _, err := o.cluster.Snapshot().Save((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("failed to save a snapshot: %w", err)
+	}
+	defer rc.Close()
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("failed to write the snapshot: %w", err)
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		return fmt.Errorf("failed to write the snapshot: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("failed to write the snapshot: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("failed to write the snapshot: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
