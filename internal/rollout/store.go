@@ -130,10 +130,16 @@ func NewStore(kv KV, product string, opts ...Option) (*Store, error) {
 // Keys returns the key names the Store uses.
 func (s *Store) Keys() Keys { return s.keys }
 
-// ReadTarget reads the target once. The index is the key's ModifyIndex (the input of RolloutID); a
-// missing, empty or invalid target is a *TargetError.
+// ReadTarget reads the target once, without retrying: a failed request is returned (marked
+// ErrPermissionDenied for a 403). The index is the key's ModifyIndex (the input of RolloutID) when the
+// key exists; a missing, empty or invalid target is a *TargetError.
 func (s *Store) ReadTarget(ctx context.Context) (Target, []byte, uint64, error) {
-	return s.WatchTarget(ctx, 0)
+	key := s.keys.Target()
+	pair, meta, err := s.kv.Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return Target{}, nil, 0, fmt.Errorf("failed to read %s: %w", key, markPermanent(err))
+	}
+	return decodeTargetPair(pair, max(meta.LastIndex, 1))
 }
 
 // WatchTarget blocks until the target key changes after waitIndex (0: read now) and returns the parsed
@@ -146,13 +152,19 @@ func (s *Store) ReadTarget(ctx context.Context) (Target, []byte, uint64, error) 
 // returns the current content; an index of 0 is treated as 1. Transient errors (agent restarting, no
 // leader) are logged and retried with backoff until ctx ends; a 403 returns ErrPermissionDenied.
 //
-// While the key is missing Consul reports an index that follows nearby KV writes, so repeated calls may
-// report the missing target again after unrelated writes; TargetWatch suppresses those repeats.
+// While the key is missing Consul reports the index of the whole KV store: the query is not woken by
+// other keys' writes, but when its wait times out it returns a higher index if any key was written
+// meanwhile (seen on 1.16.1), so WatchTarget reports the missing target again. TargetWatch suppresses
+// those repeats.
 func (s *Store) WatchTarget(ctx context.Context, waitIndex uint64) (Target, []byte, uint64, error) {
 	pair, idx, err := s.watchKey(ctx, s.keys.Target(), waitIndex)
 	if err != nil {
 		return Target{}, nil, waitIndex, err
 	}
+	return decodeTargetPair(pair, idx)
+}
+
+func decodeTargetPair(pair *api.KVPair, idx uint64) (Target, []byte, uint64, error) {
 	if pair == nil {
 		return Target{}, nil, idx, &TargetError{Index: idx, Err: ErrNoTarget}
 	}
@@ -192,7 +204,8 @@ func (s *Store) watchKey(ctx context.Context, key string, waitIndex uint64) (*ap
 			s.logger.Info("Consul index went backwards, resetting the watch", "key", key, "from", waitIndex, "to", idx)
 		case waitIndex > 0 && idx == waitIndex:
 			// Unchanged: the wait timed out. Block again, but never spin on a server that returns early.
-			if s.clock.Now().Sub(start) < minBlockingReturn {
+			if took := s.clock.Now().Sub(start); took < minBlockingReturn {
+				s.logger.Debug("blocking query returned early without a change, backing off", "key", key, "index", idx, "took", took)
 				if err := bo.wait(ctx); err != nil {
 					return nil, waitIndex, err
 				}
@@ -223,7 +236,7 @@ func permanent(err error) error {
 }
 
 // TargetWatch follows the target across calls and reports a missing target once, not again after every
-// unrelated KV write nearby (see WatchTarget). Not safe for concurrent use.
+// wait timeout that follows an unrelated KV write (see WatchTarget). Not safe for concurrent use.
 type TargetWatch struct {
 	s        *Store
 	index    uint64
