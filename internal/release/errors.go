@@ -49,7 +49,7 @@ func (e *SignatureError) Error() string {
 	if issuer == "" {
 		issuer = "unknown"
 	}
-	msg := fmt.Sprintf("failed to verify %s (issuer key ID %s)", e.File, issuer)
+	msg := fmt.Sprintf("signature %s (issuer key ID %s)", e.File, issuer)
 	switch e.Kind {
 	case ErrUnknownKey:
 		msg += ": the signing key is not in the pinned keyring"

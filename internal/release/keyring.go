@@ -3,7 +3,9 @@ package release
 import (
 	"bytes"
 	_ "embed"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -74,7 +76,14 @@ func ReadKeyring(armored []byte) (openpgp.EntityList, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: failed to decode armored key block %d: %w", ErrInvalid, blocks, err)
 		}
-		el, err := openpgp.ReadKeyRing(b.Body)
+		body, err := io.ReadAll(b.Body)
+		if err != nil {
+			return nil, fmt.Errorf("%w: failed to decode armored key block %d: %w", ErrInvalid, blocks, err)
+		}
+		if err := checkArmorCRC(block, body); err != nil {
+			return nil, fmt.Errorf("%w: key block %d: %w", ErrInvalid, blocks, err)
+		}
+		el, err := openpgp.ReadKeyRing(bytes.NewReader(body))
 		if err != nil {
 			return nil, fmt.Errorf("%w: failed to read key block %d: %w", ErrInvalid, blocks, err)
 		}
@@ -100,6 +109,48 @@ func ReadKeyring(armored []byte) (openpgp.EntityList, error) {
 		return nil, fmt.Errorf("%w: no usable public key found", ErrInvalid)
 	}
 	return out, nil
+}
+
+// checkArmorCRC verifies the optional "=XXXX" CRC-24 line of an armored block against the decoded body. The
+// library ignores it (RFC 9580 made it optional), but a pinned key is copied by hand: a transcription error
+// should fail loudly here rather than as a confusing verification failure later.
+func checkArmorCRC(block, body []byte) error {
+	lines := bytes.Split(bytes.TrimSpace(block), []byte("\n"))
+	if len(lines) < 2 {
+		return nil
+	}
+	last := bytes.TrimSpace(lines[len(lines)-2]) // the line before END
+	if len(last) != 5 || last[0] != '=' {
+		return nil // no checksum line
+	}
+	want, err := base64.StdEncoding.DecodeString(string(last[1:]))
+	if err != nil || len(want) != 3 {
+		return fmt.Errorf("malformed armor checksum line %q", last)
+	}
+	got := crc24(body)
+	if uint32(want[0])<<16|uint32(want[1])<<8|uint32(want[2]) != got {
+		return fmt.Errorf("armor checksum %s does not match the key data (corrupted copy?)", last)
+	}
+	return nil
+}
+
+// crc24 is the OpenPGP armor checksum (RFC 4880 section 6.1).
+func crc24(b []byte) uint32 {
+	const (
+		init24 = 0xB704CE
+		poly24 = 0x1864CFB
+	)
+	crc := uint32(init24)
+	for _, c := range b {
+		crc ^= uint32(c) << 16
+		for i := 0; i < 8; i++ {
+			crc <<= 1
+			if crc&0x1000000 != 0 {
+				crc ^= poly24
+			}
+		}
+	}
+	return crc & 0xFFFFFF
 }
 
 func selfSigTime(e *openpgp.Entity) time.Time {
