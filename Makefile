@@ -35,5 +35,9 @@ bench: testbin
 cluster: testbin
 	scripts/cluster.sh up
 
+# A signed local mirror of the cached test binaries, served on loopback (prints the release {} block).
+mirror: testbin
+	$(GO) run ./scripts/mirror -root .demo/mirror -serve 127.0.0.1:8600
+
 clean:
 	rm -rf bin .demo
