@@ -1,6 +1,7 @@
 package consulconn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,8 +17,11 @@ import (
 
 // Failover is an http.RoundTripper that sends each request to the address it names (the local agent) and,
 // when that fails at the connection level before any response arrived (dial refused, reset, EOF, timeout),
-// sends it again to each fallback agent in turn. A response of any status, including 500, is an answer and is
-// returned as is: only an unreachable agent is failed over.
+// sends it again to each fallback agent in turn. A response is an answer and is returned as is (500 No
+// cluster leader included: that is the cluster's state, not the agent's), with one exception: a
+// "500 No known Consul servers" means the agent itself is cut off from the servers (a client agent that is
+// leaving, or has just started and not joined yet); the request was never forwarded, so it is failed over
+// too, and that answer is returned only if no fallback gives a better one.
 //
 // Never failed over:
 //   - agent-local endpoints (/v1/agent/...): their answer describes the agent asked, so another agent's
@@ -34,7 +38,7 @@ type Failover struct {
 
 	mu        sync.RWMutex
 	fallbacks []string
-	// degraded is true while the last request had to leave the local agent; it only dedupes log lines.
+	// degraded is true since a request to the local agent failed, until one succeeds; it only dedupes logs.
 	degraded bool
 }
 
@@ -77,14 +81,21 @@ func WithoutFailover(ctx context.Context) context.Context {
 // RoundTrip implements http.RoundTripper.
 func (f *Failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := f.base.RoundTrip(req)
-	if err == nil {
-		f.setDegraded(false, req, "")
+	eligible := f.eligible(req)
+	// held is the local agent's "No known Consul servers" answer: returned if no fallback does better.
+	var held *http.Response
+	switch {
+	case err == nil && (!eligible || !noKnownServers(resp)):
+		f.setDegraded(false, req, nil)
 		return resp, nil
-	}
-	if !f.mayFailover(req, err) {
+	case err == nil:
+		held = resp
+		err = fmt.Errorf("%w (%s)", errNoKnownServers, req.URL.Host)
+	case !eligible || !IsConnectionError(err):
 		return nil, err
 	}
 	first := err
+	f.setDegraded(true, req, first)
 	tried := 0
 	for _, addr := range f.Fallbacks() {
 		if addr == req.URL.Host {
@@ -95,19 +106,29 @@ func (f *Failover) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		r2, cerr := retarget(req, addr)
 		if cerr != nil {
+			closeBody(held)
 			return nil, errors.Join(first, cerr)
 		}
 		tried++
 		resp, err := f.base.RoundTrip(r2)
+		if err == nil && noKnownServers(resp) {
+			closeBody(resp)
+			continue
+		}
 		if err == nil {
-			f.setDegraded(true, req, addr)
+			closeBody(held)
+			f.logger.Debug("request served by a fallback agent", "method", req.Method, "path", req.URL.Path, "agent", addr)
 			return resp, nil
 		}
 		if !IsConnectionError(err) {
+			closeBody(held)
 			return nil, err
 		}
 		f.logger.Debug("fallback agent unreachable", "method", req.Method, "path", req.URL.Path, "agent", addr,
 			"error", err)
+	}
+	if held != nil {
+		return held, nil
 	}
 	if tried == 0 {
 		return nil, first
@@ -115,20 +136,44 @@ func (f *Failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	return nil, fmt.Errorf("failed to reach consul at %s or any of %d fallback agents: %w", req.URL.Host, tried, first)
 }
 
-func (f *Failover) mayFailover(req *http.Request, err error) bool {
+// errNoKnownServers marks a local agent that answered but has no server to forward to.
+var errNoKnownServers = errors.New("consul agent has no known servers")
+
+// noKnownServers reports whether resp is an agent's "500 No known Consul servers": the agent itself is
+// cut off from the servers (it is leaving, or has just started and not joined yet), so the request was
+// never forwarded and another agent can take it. The body is buffered and put back.
+func noKnownServers(resp *http.Response) bool {
+	if resp == nil || resp.StatusCode != http.StatusInternalServerError || resp.Body == nil {
+		return false
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	rest := resp.Body
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), rest), rest}
+	return bytes.Contains(b, []byte("No known Consul servers"))
+}
+
+func closeBody(resp *http.Response) {
+	if resp != nil && resp.Body != nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		_ = resp.Body.Close()
+	}
+}
+
+// eligible reports whether req may be sent to another agent at all.
+func (f *Failover) eligible(req *http.Request) bool {
 	if req.Context().Err() != nil || req.Context().Value(noFailoverKey{}) != nil {
 		return false
 	}
 	if IsAgentLocal(req.URL.Path) {
 		return false
 	}
-	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
-		return false
-	}
-	return IsConnectionError(err)
+	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
-func (f *Failover) setDegraded(on bool, req *http.Request, addr string) {
+func (f *Failover) setDegraded(on bool, req *http.Request, cause error) {
 	f.mu.Lock()
 	changed := f.degraded != on
 	f.degraded = on
@@ -137,8 +182,8 @@ func (f *Failover) setDegraded(on bool, req *http.Request, addr string) {
 		return
 	}
 	if on {
-		f.logger.Warn("local consul agent unreachable, using a fallback agent", "local", req.URL.Host,
-			"agent", addr, "path", req.URL.Path)
+		f.logger.Warn("local consul agent unreachable; failing over to fallback agents", "local", req.URL.Host,
+			"path", req.URL.Path, "error", cause)
 	} else {
 		f.logger.Info("local consul agent reachable again", "local", req.URL.Host)
 	}

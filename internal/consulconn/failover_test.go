@@ -159,7 +159,7 @@ func TestFailover_ReadGoesToFallbackWhenLocalRefuses(t *testing.T) {
 	if strings.Contains(logs.String(), secret) {
 		t.Fatalf("token leaked into logs:\n%s", logs.String())
 	}
-	if !strings.Contains(logs.String(), "using a fallback agent") {
+	if !strings.Contains(logs.String(), "failing over") {
 		t.Fatalf("failover not logged:\n%s", logs.String())
 	}
 }
@@ -449,4 +449,47 @@ func TestSplitAddress(t *testing.T) {
 // verifyNoLeaks checks for leaked goroutines after every other cleanup (idle connections closed, servers down).
 func verifyNoLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+func TestFailover_AgentWithoutServers(t *testing.T) {
+	clearConsulEnv(t)
+	noServers := func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "No known Consul servers", http.StatusInternalServerError)
+	}
+	t.Run("a fallback answers instead", func(t *testing.T) {
+		verifyNoLeaks(t)
+		local := newAgent(t, false, noServers)
+		fb := newAgent(t, false, nil)
+		c, _ := newConn(t, Config{Address: local.addr(), Fallbacks: []string{fb.addr()}})
+		ok, _, err := c.API().KV().CAS(&api.KVPair{Key: "k", Value: []byte("v"), ModifyIndex: 1}, nil)
+		if err != nil || !ok {
+			t.Fatalf("CAS: %v %v", ok, err)
+		}
+		if len(local.seen()) != 1 || len(fb.seen()) != 1 || fb.bodies[0] != "v" {
+			t.Fatalf("local %v fallback %v %q", local.seen(), fb.seen(), fb.bodies)
+		}
+	})
+	t.Run("nobody better: the local answer comes back intact", func(t *testing.T) {
+		verifyNoLeaks(t)
+		local := newAgent(t, false, noServers)
+		fb := newAgent(t, false, noServers)
+		c, _ := newConn(t, Config{Address: local.addr(), Fallbacks: []string{deadAddr(t), fb.addr()}})
+		_, _, err := c.API().KV().Get("k", nil)
+		var se api.StatusError
+		if !errors.As(err, &se) || se.Code != 500 || se.Body != "No known Consul servers" {
+			t.Fatalf("want the local 500 with its body, got %v", err)
+		}
+	})
+	t.Run("never for agent endpoints", func(t *testing.T) {
+		verifyNoLeaks(t)
+		local := newAgent(t, false, noServers)
+		fb := newAgent(t, false, nil)
+		c, _ := newConn(t, Config{Address: local.addr(), Fallbacks: []string{fb.addr()}})
+		if _, err := c.API().Agent().Self(); err == nil {
+			t.Fatal("want the local error")
+		}
+		if len(fb.seen()) != 0 {
+			t.Fatalf("fallback saw %v", fb.seen())
+		}
+	})
 }
