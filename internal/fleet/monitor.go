@@ -155,9 +155,15 @@ type Report struct {
 	LeaderAtStop map[string][]string
 	// StopOrder lists servers in the order they went down.
 	StopOrder []string
+	// Downs are the stretches in which a server did not answer.
+	Downs []Down
 	// Write availability through the unrestarted node.
 	Writes, FailedWrites int
 	Unavailable          time.Duration // sum of gaps between successful writes longer than 50ms
+	// RestartUnavailable is the part of Unavailable in gaps that overlap a server's restart (from 1s
+	// before it stopped answering, which covers a leadership transfer, to 1s after it answered again);
+	// the rest is load on the shared test machine (staging, other tests), not quorum or leadership.
+	RestartUnavailable time.Duration
 	LongestGap           time.Duration
 	// Gaps are the write gaps longer than 50ms, largest first (at most 8), with when they ended.
 	Gaps []Gap
@@ -186,6 +192,7 @@ func (m *Monitor) Report(from, to time.Time) Report {
 	var leaderlessSince time.Time
 	lastLeader := ""
 	prevUp := map[string]bool{}
+	downSince := map[string]time.Time{}
 	for i, s := range samples {
 		impaired := 0
 		anyDown := false
@@ -199,7 +206,11 @@ func (m *Monitor) Report(from, to time.Time) Report {
 				if i > 0 && prevUp[name] {
 					r.StopOrder = append(r.StopOrder, name)
 					r.LeaderAtStop[name] = append(r.LeaderAtStop[name], lastLeader)
+					downSince[name] = s.At
 				}
+			} else if !downSince[name].IsZero() {
+				r.Downs = append(r.Downs, Down{Node: name, From: downSince[name], To: s.At})
+				downSince[name] = time.Time{}
 			}
 		}
 		r.MaxServersImpaired = max(r.MaxServersImpaired, impaired)
@@ -229,6 +240,9 @@ func (m *Monitor) Report(from, to time.Time) Report {
 			if gap > 50*time.Millisecond {
 				r.Unavailable += gap
 				r.Gaps = append(r.Gaps, Gap{End: w.at, Length: gap})
+				if overlapsRestart(r.Downs, last, w.at) {
+					r.RestartUnavailable += gap
+				}
 			}
 			r.LongestGap = max(r.LongestGap, gap)
 		}
@@ -239,6 +253,25 @@ func (m *Monitor) Report(from, to time.Time) Report {
 		r.Gaps = r.Gaps[:8]
 	}
 	return r
+}
+
+func overlapsRestart(downs []Down, from, to time.Time) bool {
+	for _, d := range downs {
+		if from.Before(d.To.Add(time.Second)) && to.After(d.From.Add(-time.Second)) {
+			return true
+		}
+	}
+	return false
+}
+
+// Down is one stretch in which a server did not answer.
+type Down struct {
+	Node     string
+	From, To time.Time
+}
+
+func (d Down) String() string {
+	return fmt.Sprintf("%s %s-%s", d.Node, d.From.Format("15:04:05.000"), d.To.Format("15:04:05.000"))
 }
 
 // Gap is one stretch without a successful write.
@@ -279,9 +312,9 @@ func (m *Monitor) nodeOfLeader(addr string) string {
 
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "samples=%d max_servers_impaired=%d longest_leaderless=%s stop_order=%v leader_at_stop=%v lock_gaps=%d\n",
-		r.Samples, r.MaxServersImpaired, r.LongestLeaderless.Round(time.Millisecond), r.StopOrder, r.LeaderAtStop, r.LockGaps)
-	fmt.Fprintf(&b, "writes=%d failed_writes=%d write_unavailability=%s longest_gap=%s largest_gaps=%v",
-		r.Writes, r.FailedWrites, r.Unavailable.Round(time.Millisecond), r.LongestGap.Round(time.Millisecond), r.Gaps)
+	fmt.Fprintf(&b, "samples=%d max_servers_impaired=%d longest_leaderless=%s stop_order=%v leader_at_stop=%v lock_gaps=%d downs=%v\n",
+		r.Samples, r.MaxServersImpaired, r.LongestLeaderless.Round(time.Millisecond), r.StopOrder, r.LeaderAtStop, r.LockGaps, r.Downs)
+	fmt.Fprintf(&b, "writes=%d failed_writes=%d write_unavailability=%s (around server restarts: %s) longest_gap=%s largest_gaps=%v",
+		r.Writes, r.FailedWrites, r.Unavailable.Round(time.Millisecond), r.RestartUnavailable.Round(time.Millisecond), r.LongestGap.Round(time.Millisecond), r.Gaps)
 	return b.String()
 }
