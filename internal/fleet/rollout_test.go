@@ -11,6 +11,7 @@ import (
 	"github.com/upgrader-dev/upgrader/internal/mirror"
 	"github.com/upgrader-dev/upgrader/internal/rollout"
 	"github.com/upgrader-dev/upgrader/internal/testbin"
+	"github.com/upgrader-dev/upgrader/internal/testcluster"
 )
 
 // Address blocks of this package's tests: 127.0.30.x and up.
@@ -34,6 +35,7 @@ func TestRollout_ServersThenClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	mon := NewMonitor(f.Cluster, f.Cluster.Node("c3"), rollout.ServerLockPrefix(rollout.DefaultPrefix, "consul")+".lock")
+	mon.WatchClients([]*testcluster.Node{f.Cluster.Node("c1"), f.Cluster.Node("c2")}, rollout.ClientLockPrefix(rollout.DefaultPrefix, "consul")+".lock")
 	mctx, stopMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	go func() { mon.Run(mctx); close(monDone) }()
@@ -87,6 +89,12 @@ func TestRollout_ServersThenClients(t *testing.T) {
 	}
 	if rep.LockGaps > 0 {
 		t.Errorf("the server lock named no holder in %d samples taken while a server was down", rep.LockGaps)
+	}
+	if rep.ClientDowns == 0 {
+		t.Errorf("the monitor never saw a client restart")
+	}
+	if rep.ClientLockGaps > 0 {
+		t.Errorf("the client lock named no holder in %d samples taken while a client was down", rep.ClientLockGaps)
 	}
 	statuses, err := store.ListNodeStatus(ctx)
 	if err != nil {
