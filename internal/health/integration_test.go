@@ -95,11 +95,11 @@ func logReport(t *testing.T, what string, rep ConfirmReport, answeredAfter time.
 	}
 }
 
-// TestIntegrationGates runs the gates against one real 3-server + 1-client cluster, in order:
+// TestF1_F6_HealthGates runs the gates against one real 3-server + 1-client cluster, in order:
 // preflight on a healthy cluster, a quick follower restart confirmed (the 'Seen on 1.16.1' case),
 // a stopped server (F6, then failure tolerance), a slow restart that rejoins as a non-voter (F1), and a
 // client restart.
-func TestIntegrationGates(t *testing.T) {
+func TestF1_F6_HealthGates(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real Consul processes")
 	}

@@ -17,7 +17,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-// Environment of the helper process that TestStageCrashMidCopy kills in the middle of a copy.
+// Environment of the helper process that TestF12_StageCrashMidCopy kills in the middle of a copy.
 const (
 	helperEnv     = "UPGRADER_INSTALL_HELPER"
 	helperLiveEnv = "UPGRADER_INSTALL_LIVE"
@@ -176,11 +176,11 @@ func TestStage(t *testing.T) {
 	}
 }
 
-// TestStageCrashMidCopy kills (SIGKILL) a process that is in the middle of Stage: the source is a FIFO
+// TestF12_StageCrashMidCopy kills (SIGKILL) a process that is in the middle of Stage: the source is a FIFO
 // fed half of the release, so the helper is blocked reading with a half-written temporary file. The live
 // binary must be intact, no staged file may exist, Cleanup must remove the temporary file, and a new
 // Stage must then succeed.
-func TestStageCrashMidCopy(t *testing.T) {
+func TestF12_StageCrashMidCopy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()

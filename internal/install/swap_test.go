@@ -29,10 +29,10 @@ func processState(pid int) string {
 	return s[i+2 : i+3]
 }
 
-// TestSwapWhileRunning starts a long-running process from the live path (a copy of /bin/sleep), swaps a
+// TestF12_SwapWhileRunning starts a long-running process from the live path (a copy of /bin/sleep), swaps a
 // different binary in and rolls it back, all while the process runs: no "text file busy", the process
 // keeps running, and the live path holds the expected bytes after each step.
-func TestSwapWhileRunning(t *testing.T) {
+func TestF12_SwapWhileRunning(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()

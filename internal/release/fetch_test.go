@@ -120,7 +120,7 @@ func resign(t *testing.T, vf mirror.VersionFiles, signer *openpgp.Entity, conten
 	}
 }
 
-func TestFetch(t *testing.T) {
+func TestF13_FetchVerification(t *testing.T) {
 	k := newKeys(t)
 	const body = "#!/bin/sh\necho consul v1.16.1\n"
 	bin := fakeBinary(t, body)
@@ -330,7 +330,7 @@ func checkArtifact(t *testing.T, a *release.Artifact, body string, signer *openp
 	}
 }
 
-func TestFetchCache(t *testing.T) {
+func TestF13_FetchCacheReverified(t *testing.T) {
 	k := newKeys(t)
 	srv := serve(t)
 	bin := fakeBinary(t, "v1\n")
