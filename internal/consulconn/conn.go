@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -30,9 +31,20 @@ type Config struct {
 	TokenFile string
 	// Datacenter overrides the agent's datacenter.
 	Datacenter string
+	// Scheme is "https" or "http"; empty: see APIConfig.
+	Scheme string
+	// TLS overrides the CONSUL_CACERT/CLIENT_CERT/... environment. Fallback agents and every client
+	// made from APIConfig use the same settings.
+	TLS TLS
 	// Fallbacks are "host:port" addresses of other agents tried, in order, when the local agent cannot be
 	// reached. They use the local agent's scheme and TLS settings. See DiscoverServers.
 	Fallbacks []string
+	// HeaderTimeout bounds the wait for an agent's response headers before failing over (blocking queries
+	// get their wait on top): 0 means DefaultHeaderTimeout, negative means no bound.
+	HeaderTimeout time.Duration
+	// Cooldown is how long a local agent that failed is tried after the fallbacks: 0 means
+	// DefaultCooldown, negative means always first.
+	Cooldown time.Duration
 	// Logger receives failover events (never tokens, headers or query strings).
 	Logger hclog.Logger
 }
@@ -52,18 +64,9 @@ func New(cfg Config) (*Conn, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	ac := api.DefaultConfig()
-	if cfg.Address != "" {
-		ac.Address = cfg.Address
-	}
-	if cfg.Token != "" {
-		ac.Token = cfg.Token
-	}
-	if cfg.TokenFile != "" {
-		ac.TokenFile = cfg.TokenFile
-	}
-	if cfg.Datacenter != "" {
-		ac.Datacenter = cfg.Datacenter
+	ac, err := cfg.APIConfig()
+	if err != nil {
+		return nil, err
 	}
 	scheme, host, err := splitAddress(ac.Address, ac.Scheme)
 	if err != nil {
@@ -81,6 +84,12 @@ func New(cfg Config) (*Conn, error) {
 			return nil, fmt.Errorf("failed to set up the consul HTTP client: %w", err)
 		}
 		c.failover = NewFailover(hc.Transport, logger.Named("consulconn"))
+		if cfg.HeaderTimeout != 0 {
+			c.failover.headerTimeout = cfg.HeaderTimeout
+		}
+		if cfg.Cooldown != 0 {
+			c.failover.cooldown = cfg.Cooldown
+		}
 		c.failover.SetFallbacks(fallbacks)
 		hc.Transport = c.failover
 		ac.HttpClient = hc

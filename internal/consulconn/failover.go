@@ -1,50 +1,60 @@
 package consulconn
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
-	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
 // Failover is an http.RoundTripper that sends each request to the address it names (the local agent) and,
-// when that fails at the connection level before any response arrived (dial refused, reset, EOF, timeout),
-// sends it again to each fallback agent in turn. A response is an answer and is returned as is (500 No
-// cluster leader included: that is the cluster's state, not the agent's), with one exception: a
-// "500 No known Consul servers" means the agent itself is cut off from the servers (a client agent that is
-// leaving, or has just started and not joined yet); the request was never forwarded, so it is failed over
-// too, and that answer is returned only if no fallback gives a better one.
+// when that agent is unreachable, to each fallback agent in turn. Unreachable means: a connection-level
+// failure before any response (dial refused, reset, EOF, timeout), no response headers within a bound
+// (DefaultHeaderTimeout, plus the wait of a blocking query: a frozen agent), or the agent's own
+// "500 No known Consul servers" (a client agent that is leaving, or has just started and not joined: the
+// request was never forwarded). Any other response is an answer and is returned as is, 500 No cluster leader
+// included: that is the cluster's state, not the agent's. After the local agent failed, it is tried last for
+// a cooldown (DefaultCooldown), so that a frozen agent does not cost every request its full timeout.
 //
-// Never failed over:
+// Never failed over (sent once, to the address named, with no bound):
 //   - agent-local endpoints (/v1/agent/...): their answer describes the agent asked, so another agent's
 //     answer would be a wrong answer, not a retry;
 //   - requests whose context is done, or marked with WithoutFailover;
 //   - requests whose body cannot be replayed (no GetBody).
 //
-// Writes are failed over too. After a dial failure the request never left; after a reset or EOF it may have
-// been applied, so callers send writes that are safe to repeat (CAS on ModifyIndex, session renew, KV acquire
-// with the same session, catalog register, deletes), which is what the lock package does.
+// Writes are failed over too. After a dial failure the request never left; after a reset, EOF or timeout it
+// may have been applied, so callers send writes that are safe to repeat (CAS on ModifyIndex, session renew,
+// KV acquire with the same session, catalog register, deletes), which is what the lock package does.
 type Failover struct {
-	base   http.RoundTripper
-	logger hclog.Logger
+	base          http.RoundTripper
+	logger        hclog.Logger
+	headerTimeout time.Duration
+	cooldown      time.Duration
+	now           func() time.Time
 
-	mu        sync.RWMutex
+	mu        sync.Mutex
 	fallbacks []string
-	// degraded is true since a request to the local agent failed, until one succeeds; it only dedupes logs.
-	degraded bool
+	downUntil map[string]time.Time // local agents that failed recently: tried last until then
+	degraded  bool                 // a request to a local agent failed and none succeeded since (dedupes logs)
 }
 
 var _ http.RoundTripper = (*Failover)(nil)
 
-// NewFailover wraps base. Fallbacks are set with SetFallbacks.
+// DefaultHeaderTimeout is how long an agent may take to start answering a request that is not a blocking
+// query (a blocking query gets its wait, plus Consul's jitter of wait/16, on top). It is above Consul's
+// rpc_hold_timeout (7s: how long a server holds a request while there is no leader), so an election is
+// never mistaken for a frozen agent, and below the 10s a lock renewal has left when it is sent (TTL 15s,
+// sent every 5s), so a renewal through a frozen local agent still reaches a fallback in time.
+const DefaultHeaderTimeout = 8 * time.Second
+
+// DefaultCooldown is how long a local agent that failed is tried after the fallbacks instead of before.
+const DefaultCooldown = 10 * time.Second
+
+// NewFailover wraps base with DefaultHeaderTimeout and DefaultCooldown. Fallbacks are set with SetFallbacks.
 func NewFailover(base http.RoundTripper, logger hclog.Logger) *Failover {
 	if base == nil {
 		base = http.DefaultTransport
@@ -52,7 +62,8 @@ func NewFailover(base http.RoundTripper, logger hclog.Logger) *Failover {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Failover{base: base, logger: logger}
+	return &Failover{base: base, logger: logger, headerTimeout: DefaultHeaderTimeout, cooldown: DefaultCooldown,
+		now: time.Now, downUntil: map[string]time.Time{}}
 }
 
 // SetFallbacks replaces the fallback list ("host:port", tried in order).
@@ -65,8 +76,8 @@ func (f *Failover) SetFallbacks(addrs []string) {
 
 // Fallbacks returns a copy of the fallback list.
 func (f *Failover) Fallbacks() []string {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return append([]string(nil), f.fallbacks...)
 }
 
@@ -76,90 +87,6 @@ type noFailoverKey struct{}
 // must reach one specific agent).
 func WithoutFailover(ctx context.Context) context.Context {
 	return context.WithValue(ctx, noFailoverKey{}, true)
-}
-
-// RoundTrip implements http.RoundTripper.
-func (f *Failover) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := f.base.RoundTrip(req)
-	eligible := f.eligible(req)
-	// held is the local agent's "No known Consul servers" answer: returned if no fallback does better.
-	var held *http.Response
-	switch {
-	case err == nil && (!eligible || !noKnownServers(resp)):
-		f.setDegraded(false, req, nil)
-		return resp, nil
-	case err == nil:
-		held = resp
-		err = fmt.Errorf("%w (%s)", errNoKnownServers, req.URL.Host)
-	case !eligible || !IsConnectionError(err):
-		return nil, err
-	}
-	first := err
-	f.setDegraded(true, req, first)
-	tried := 0
-	for _, addr := range f.Fallbacks() {
-		if addr == req.URL.Host {
-			continue
-		}
-		if req.Context().Err() != nil {
-			break
-		}
-		r2, cerr := retarget(req, addr)
-		if cerr != nil {
-			closeBody(held)
-			return nil, errors.Join(first, cerr)
-		}
-		tried++
-		resp, err := f.base.RoundTrip(r2)
-		if err == nil && noKnownServers(resp) {
-			closeBody(resp)
-			continue
-		}
-		if err == nil {
-			closeBody(held)
-			f.logger.Debug("request served by a fallback agent", "method", req.Method, "path", req.URL.Path, "agent", addr)
-			return resp, nil
-		}
-		if !IsConnectionError(err) {
-			closeBody(held)
-			return nil, err
-		}
-		f.logger.Debug("fallback agent unreachable", "method", req.Method, "path", req.URL.Path, "agent", addr,
-			"error", err)
-	}
-	if held != nil {
-		return held, nil
-	}
-	if tried == 0 {
-		return nil, first
-	}
-	return nil, fmt.Errorf("failed to reach consul at %s or any of %d fallback agents: %w", req.URL.Host, tried, first)
-}
-
-// errNoKnownServers marks a local agent that answered but has no server to forward to.
-var errNoKnownServers = errors.New("consul agent has no known servers")
-
-// noKnownServers reports whether resp is an agent's "500 No known Consul servers": the agent itself is
-// cut off from the servers (it is leaving, or has just started and not joined yet), so the request was
-// never forwarded and another agent can take it. The body is buffered and put back.
-func noKnownServers(resp *http.Response) bool {
-	if resp == nil || resp.StatusCode != http.StatusInternalServerError || resp.Body == nil {
-		return false
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	rest := resp.Body
-	resp.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(b), rest), rest}
-	return bytes.Contains(b, []byte("No known Consul servers"))
-}
-
-func closeBody(resp *http.Response) {
-	if resp != nil && resp.Body != nil {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		_ = resp.Body.Close()
-	}
 }
 
 // eligible reports whether req may be sent to another agent at all.
@@ -173,19 +100,111 @@ func (f *Failover) eligible(req *http.Request) bool {
 	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
-func (f *Failover) setDegraded(on bool, req *http.Request, cause error) {
+// targets returns the agents to try for a request naming local: local first, or last while it cools down.
+func (f *Failover) targets(local string) []string {
 	f.mu.Lock()
-	changed := f.degraded != on
-	f.degraded = on
+	defer f.mu.Unlock()
+	out := make([]string, 0, len(f.fallbacks)+1)
+	for _, a := range f.fallbacks {
+		if a != local {
+			out = append(out, a)
+		}
+	}
+	if until, ok := f.downUntil[local]; ok && f.now().Before(until) {
+		return append(out, local)
+	}
+	return append([]string{local}, out...)
+}
+
+// RoundTrip implements http.RoundTripper.
+func (f *Failover) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !f.eligible(req) {
+		return f.base.RoundTrip(req)
+	}
+	local := req.URL.Host
+	var (
+		held  *http.Response // a "No known Consul servers" answer: returned if nobody does better
+		first error
+		tried int
+	)
+	for _, addr := range f.targets(local) {
+		if req.Context().Err() != nil {
+			break
+		}
+		r := req
+		if addr != local {
+			var err error
+			if r, err = retarget(req, addr); err != nil {
+				closeBody(held)
+				return nil, errors.Join(first, err)
+			}
+		}
+		tried++
+		resp, err := f.attempt(r)
+		switch {
+		case err == nil && noKnownServers(resp):
+			err = fmt.Errorf("%w (%s)", errNoKnownServers, addr)
+			if held == nil {
+				held = resp
+			} else {
+				closeBody(resp)
+			}
+		case err == nil:
+			closeBody(held)
+			f.served(req, addr, local)
+			return resp, nil
+		case !IsConnectionError(err):
+			closeBody(held)
+			return nil, err
+		}
+		if first == nil {
+			first = err
+		}
+		if addr == local {
+			f.localFailed(req, err)
+		} else {
+			f.logger.Debug("fallback agent unreachable", "method", req.Method, "path", req.URL.Path, "agent", addr, "error", err)
+		}
+	}
+	switch {
+	case held != nil:
+		return held, nil
+	case first == nil:
+		return nil, req.Context().Err()
+	case tried == 1:
+		return nil, first
+	}
+	return nil, fmt.Errorf("failed to reach consul at %s or any of %d fallback agents: %w", local, tried-1, first)
+}
+
+// localFailed starts the local agent's cooldown and logs the first failure.
+func (f *Failover) localFailed(req *http.Request, err error) {
+	f.mu.Lock()
+	if f.cooldown > 0 {
+		f.downUntil[req.URL.Host] = f.now().Add(f.cooldown)
+	}
+	changed := !f.degraded
+	f.degraded = true
 	f.mu.Unlock()
-	if !changed {
+	if changed {
+		f.logger.Warn("local consul agent unreachable; failing over to fallback agents", "local", req.URL.Host,
+			"path", req.URL.Path, "error", err)
+	}
+}
+
+// served records which agent answered.
+func (f *Failover) served(req *http.Request, addr, local string) {
+	if addr != local {
+		f.logger.Debug("request served by a fallback agent", "method", req.Method, "path", req.URL.Path, "agent", addr)
 		return
 	}
-	if on {
-		f.logger.Warn("local consul agent unreachable; failing over to fallback agents", "local", req.URL.Host,
-			"path", req.URL.Path, "error", cause)
-	} else {
-		f.logger.Info("local consul agent reachable again", "local", req.URL.Host)
+	f.mu.Lock()
+	delete(f.downUntil, local)
+	changed := f.degraded
+	f.degraded = false
+	f.mu.Unlock()
+	if changed {
+		f.logger.Info("local consul agent reachable again", "local", local)
 	}
 }
 
@@ -202,39 +221,4 @@ func retarget(req *http.Request, addr string) (*http.Request, error) {
 		r2.Body = body
 	}
 	return r2, nil
-}
-
-// IsAgentLocal reports whether path is an agent-local endpoint (/v1/agent/...), possibly behind a reverse-proxy
-// path prefix. Such requests are never failed over.
-func IsAgentLocal(path string) bool {
-	return strings.Contains(path, "/v1/agent/") || strings.HasSuffix(path, "/v1/agent")
-}
-
-// IsConnectionError reports whether err means the agent could not be reached or dropped the connection before
-// answering: a dial failure, a refused or reset connection, EOF before a response, or a network timeout.
-// Context cancellation is not a connection error.
-func IsConnectionError(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.ECONNABORTED), errors.Is(err, syscall.EPIPE),
-		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
-		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return true
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	// net/http reports a connection closed before the response without wrapping a typed error.
-	msg := err.Error()
-	return strings.Contains(msg, "server closed idle connection") ||
-		strings.Contains(msg, "transport connection broken") ||
-		strings.Contains(msg, "connection reset by peer")
 }

@@ -272,9 +272,15 @@ func TestFailover_LocalPreferredAgain(t *testing.T) {
 	// Reserve an address, start with nothing on it, then bring the "local agent" up on it.
 	addr := deadAddr(t)
 	c, logs := newConn(t, Config{Address: addr, Fallbacks: []string{fb.addr()}})
-	if _, _, err := c.API().KV().Get("k", nil); err != nil {
-		t.Fatal(err)
+	now := time.Now()
+	c.failover.now = func() time.Time { return now }
+	get := func() {
+		t.Helper()
+		if _, _, err := c.API().KV().Get("k", nil); err != nil {
+			t.Fatal(err)
+		}
 	}
+	get() // local refuses: fallback
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Skipf("cannot rebind %s: %v", addr, err)
@@ -289,11 +295,14 @@ func TestFailover_LocalPreferredAgain(t *testing.T) {
 	})}}
 	srv.Start()
 	defer srv.Close()
-	if _, _, err := c.API().KV().Get("k", nil); err != nil {
-		t.Fatal(err)
+	get() // local is back, but cools down: fallback first
+	if len(local.seen()) != 0 || len(fb.seen()) != 2 {
+		t.Fatalf("during the cooldown: local saw %v, fallback saw %v", local.seen(), fb.seen())
 	}
-	if len(local.seen()) != 1 || len(fb.seen()) != 1 {
-		t.Fatalf("local saw %v, fallback saw %v", local.seen(), fb.seen())
+	now = now.Add(DefaultCooldown + time.Second)
+	get() // cooldown over: local first again
+	if len(local.seen()) != 1 || len(fb.seen()) != 2 {
+		t.Fatalf("after the cooldown: local saw %v, fallback saw %v", local.seen(), fb.seen())
 	}
 	if !strings.Contains(logs.String(), "reachable again") {
 		t.Fatalf("recovery not logged:\n%s", logs.String())
@@ -492,4 +501,81 @@ func TestFailover_AgentWithoutServers(t *testing.T) {
 			t.Fatalf("fallback saw %v", fb.seen())
 		}
 	})
+}
+
+func TestFailover_HeaderTimeout(t *testing.T) {
+	clearConsulEnv(t)
+	frozen := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() } // accepts, never answers
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(400 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("X-Consul-Index", "9")
+		fmt.Fprint(w, "[]")
+	}
+	cases := []struct {
+		name         string
+		local        http.HandlerFunc
+		do           func(c *Conn) error
+		wantFallback bool
+	}{
+		{"frozen agent is failed over", frozen, func(c *Conn) error {
+			_, _, err := c.API().KV().Get("k", nil)
+			return err
+		}, true},
+		{"frozen agent, write is failed over with its body", frozen, func(c *Conn) error {
+			_, err := c.API().KV().Put(&api.KVPair{Key: "k", Value: []byte("v")}, nil)
+			return err
+		}, true},
+		{"a blocking query may take its wait", slow, func(c *Conn) error {
+			_, _, err := c.API().KV().List("k", &api.QueryOptions{WaitIndex: 5, WaitTime: time.Second})
+			return err
+		}, false},
+		{"a snapshot is not bounded", slow, func(c *Conn) error {
+			rc, _, err := c.API().Snapshot().Save(nil)
+			if err == nil {
+				rc.Close()
+			}
+			return err
+		}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			verifyNoLeaks(t)
+			local := newAgent(t, false, tc.local)
+			fb := newAgent(t, false, nil)
+			c, _ := newConn(t, Config{Address: local.addr(), Fallbacks: []string{fb.addr()}, HeaderTimeout: 150 * time.Millisecond})
+			start := time.Now()
+			if err := tc.do(c); err != nil {
+				t.Fatalf("request: %v", err)
+			}
+			if got := len(fb.seen()) == 1; got != tc.wantFallback {
+				t.Fatalf("fallback used=%v, want %v (local saw %v)", got, tc.wantFallback, local.seen())
+			}
+			t.Logf("took %s", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	f := NewFailover(nil, nil)
+	cases := []struct {
+		url  string
+		want time.Duration
+	}{
+		{"http://a/v1/kv/x", DefaultHeaderTimeout},
+		{"http://a/v1/kv/x?index=0", DefaultHeaderTimeout},
+		{"http://a/v1/kv/x?index=12&wait=10000ms", 10*time.Second + 625*time.Millisecond + DefaultHeaderTimeout},
+		{"http://a/v1/kv/x?index=12&wait=1m", time.Minute + 3750*time.Millisecond + DefaultHeaderTimeout},
+		{"http://a/v1/kv/x?index=12", 5*time.Minute + 5*time.Minute/16 + DefaultHeaderTimeout},
+		{"http://a/v1/snapshot", 0},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest(http.MethodGet, tc.url, nil)
+		if got := f.attemptTimeout(req); got != tc.want {
+			t.Errorf("attemptTimeout(%s) = %v, want %v", tc.url, got, tc.want)
+		}
+	}
 }

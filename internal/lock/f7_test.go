@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/upgrader-dev/upgrader/internal/consulconn"
 	"github.com/upgrader-dev/upgrader/internal/lock"
 	"github.com/upgrader-dev/upgrader/internal/testcluster"
 )
@@ -202,5 +204,53 @@ func assertReleased(t *testing.T, ctx context.Context, l *lock.Lock, observer *a
 	node, _, err := observer.Catalog().Node("upgrader-anchor-"+holder, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil || node != nil {
 		t.Fatalf("anchor node after Release: %v, %v", node, err)
+	}
+}
+
+// TestF7_LockSurvivesFrozenLocalAgent: the holder's local agent is frozen (SIGSTOP) for longer than a TTL:
+// it accepts connections and never answers. Renewals and the watch reach a fallback once the failover
+// client's header timeout expires (then the local agent cools down), and the lock key names our session
+// throughout.
+func TestF7_LockSurvivesFrozenLocalAgent(t *testing.T) {
+	c, logger := setup(t, 1)
+	ctx := ctxT(t, 2*time.Minute)
+	c1 := c.Node("c1")
+	cc := conn(t, c, c1, logger)
+	prefix := "upgrader/consul/lock/clients/"
+	l := newLock(t, cc.API(), lock.Options{Prefix: prefix, Holder: c1.Name, Address: c1.IP}, logger)
+	lost, err := l.Acquire(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	observer := conn(t, c, c.Node("s1"), logger).API()
+	smp := startSampler(t, observer, prefix, l.SessionID())
+
+	pid := c1.Pid()
+	if pid == 0 {
+		t.Fatal("c1 is not running")
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	start := time.Now()
+	if err := waitFor(ctx, "more than a TTL with c1 frozen", time.Second, func(context.Context) (bool, error) {
+		return time.Since(start) > lock.DefaultTTL+5*time.Second, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	smp.report(t)
+	t.Logf("c1 frozen for %s; header timeout %s", time.Since(start).Round(time.Millisecond), consulconn.DefaultHeaderTimeout)
+	if !isOpen(lost) {
+		t.Fatalf("lost closed while the local agent was frozen: %v", l.Err())
+	}
+	if held, err := l.StillHeld(ctx); err != nil || !held {
+		t.Fatalf("StillHeld = %v, %v", held, err)
+	}
+	if err := c.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -68,6 +68,9 @@ func (b *backoff) reset() { b.cur = 0 }
 // isTransient reports whether err is worth retrying against Consul: the agent or cluster is unreachable or
 // has no leader for a moment. Permission errors, bad requests and a done context are not transient.
 func isTransient(err error) bool {
+	if consulconn.IsConnectionError(err) { // first: an agent that never answered wraps a cancellation
+		return true
+	}
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
@@ -78,9 +81,6 @@ func isTransient(err error) bool {
 			return true
 		}
 		return false
-	}
-	if consulconn.IsConnectionError(err) {
-		return true
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {
