@@ -48,14 +48,17 @@ type Config struct {
 // Consul says how to reach Consul. Empty fields fall back to consul/api's environment conventions
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_CLIENT_CERT, ...).
 type Consul struct {
-	Address       string   `hcl:"address,optional"`
-	Scheme        string   `hcl:"scheme,optional"`
-	TokenFile     string   `hcl:"token_file,optional"`
-	CAFile        string   `hcl:"ca_file,optional"`
-	CertFile      string   `hcl:"cert_file,optional"`
-	KeyFile       string   `hcl:"key_file,optional"`
-	TLSServerName string   `hcl:"tls_server_name,optional"`
-	FallbackAddrs []string `hcl:"fallback_addrs,optional"`
+	Address   string `hcl:"address,optional"`
+	Scheme    string `hcl:"scheme,optional"`
+	TokenFile string `hcl:"token_file,optional"`
+	// SnapshotTokenFile holds a separate token used only for /v1/snapshot, which Consul allows only to
+	// a token with acl = "write" (in effect a management token). Empty: the agent's own token.
+	SnapshotTokenFile string   `hcl:"snapshot_token_file,optional"`
+	CAFile            string   `hcl:"ca_file,optional"`
+	CertFile          string   `hcl:"cert_file,optional"`
+	KeyFile           string   `hcl:"key_file,optional"`
+	TLSServerName     string   `hcl:"tls_server_name,optional"`
+	FallbackAddrs     []string `hcl:"fallback_addrs,optional"`
 }
 
 // Binary is the live agent binary the upgrader replaces.
@@ -181,6 +184,7 @@ func (c *Config) Merge(o *Config) {
 		setStr(&c.Consul.Address, o.Consul.Address)
 		setStr(&c.Consul.Scheme, o.Consul.Scheme)
 		setStr(&c.Consul.TokenFile, o.Consul.TokenFile)
+		setStr(&c.Consul.SnapshotTokenFile, o.Consul.SnapshotTokenFile)
 		setStr(&c.Consul.CAFile, o.Consul.CAFile)
 		setStr(&c.Consul.CertFile, o.Consul.CertFile)
 		setStr(&c.Consul.KeyFile, o.Consul.KeyFile)
@@ -272,6 +276,14 @@ func (c *Config) Finalize() error {
 		bad("restart.mode is required: one of \"exec\", \"systemd\", \"command\"")
 	default:
 		bad("restart.mode %q is unknown: use \"exec\", \"systemd\" or \"command\"", c.Restart.Mode)
+	}
+	switch c.Consul.Scheme {
+	case "", "http", "https":
+	default:
+		bad("consul.scheme %q is unknown: use \"https\" or \"http\"", c.Consul.Scheme)
+	}
+	if (c.Consul.CertFile == "") != (c.Consul.KeyFile == "") {
+		bad("consul.cert_file and consul.key_file go together: set both (the client certificate and its key) or neither")
 	}
 	if !strings.HasPrefix(c.Release.URL, "https://") && !strings.HasPrefix(c.Release.URL, "http://") {
 		bad("release.url %q must be an https:// URL", c.Release.URL)
