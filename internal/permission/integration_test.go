@@ -36,7 +36,7 @@ func newACLCluster(t *testing.T, ctx context.Context, block int) *aclCluster {
 	testbin.Require(t, "1.16.1")
 	mgmt := newSecret(t)
 	c := testcluster.New(t, testcluster.Options{Block: block, Servers: 1, Version: "1.16.1",
-		ExtraConfig: ACLConfig(mgmt),
+		ExtraConfig:  ACLConfig(mgmt),
 		ClientConfig: func(_ *testcluster.Node, cfg *api.Config) { cfg.Token = mgmt },
 	})
 	if err := c.Start(ctx); err != nil {
