@@ -3,10 +3,15 @@
 // Failure semantics. As with Consul's api.Lock and api.Semaphore, the channel Acquire returns may be closed
 // at any time: the session was invalidated, the semaphore no longer names us, Consul could not be read for
 // too long, or Release was called. It is NOT safe to assume the lock is held just because that channel is
-// still open: a closed channel is seen only when it is checked. Callers check it (and call StillHeld, a
-// consistent read) before every step that needs the lock, above all after restarting an agent, and stop at
-// the next safe point once it is closed. Err says why it closed. Acquire never returns (nil, nil): every
-// failure, an aborted wait included, wraps ErrNotAcquired.
+// still open: it closes only once this process notices, and is seen only when checked. Callers check it
+// (and call StillHeld, a consistent read) before every step that needs the lock, above all after restarting
+// an agent, and stop at the next safe point once it is closed. Err says why it closed. Acquire never
+// returns (nil, nil): every failure, an aborted wait included, wraps ErrNotAcquired.
+//
+// The timing that makes this safe: cut off from every agent, we declare the lock lost at the last
+// successful renewal + TTL; Consul invalidates the session no earlier than 2×TTL after it, and another
+// contender prunes it LockDelay after seeing that. So a holder has TTL + LockDelay, from the moment its lost
+// channel closes, to stop before anybody else can start.
 //
 // What we do differently from api.Semaphore, and why (the lock lives in the cluster being restarted):
 //   - The session is tied to an agent-less node registered in the catalog ("upgrader-anchor-<holder>"), with

@@ -194,11 +194,12 @@ func (l *Lock) reset(reason error) {
 	l.lost, l.lostClose = nil, nil
 }
 
-// Release gives the slot back: it removes our session from the semaphore record (CAS), deletes our
-// contender entry, destroys the session and deregisters the anchor node (unless another session uses it),
-// then closes the lost channel with ErrReleased. Idempotent: releasing nothing returns nil, and a Release
-// that failed half-way (ctx done, Consul unreachable) can be called again. A lost lock is released the same
-// way.
+// Release gives the slot back: it stops renewing, closes the lost channel (ErrReleased, unless it was
+// already lost), removes our session from the semaphore record (CAS), deletes our contender entry, destroys
+// the session and deregisters the anchor node (unless another session uses it). Idempotent: releasing
+// nothing returns nil, and a Release that failed half-way (ctx done, Consul unreachable) can be called
+// again; until then the session simply expires. Call it after a loss too: it stops the renewal, which
+// otherwise runs until Release, and removes what is left.
 func (l *Lock) Release(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
@@ -207,6 +208,7 @@ func (l *Lock) Release(ctx context.Context) error {
 		return nil
 	}
 	l.stopWorkers()
+	l.markLost(ErrReleased) // from here on nothing renews the session: it is not held any more
 	if err := l.cleanup(ctx, id); err != nil {
 		return fmt.Errorf("failed to release the lock at %s: %w", l.opts.Prefix, err)
 	}
