@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -20,6 +21,7 @@ import (
 	"github.com/upgrader-dev/upgrader/internal/health"
 	"github.com/upgrader-dev/upgrader/internal/install"
 	"github.com/upgrader-dev/upgrader/internal/lock"
+	"github.com/upgrader-dev/upgrader/internal/permission"
 	"github.com/upgrader-dev/upgrader/internal/release"
 	"github.com/upgrader-dev/upgrader/internal/restart"
 	"github.com/upgrader-dev/upgrader/internal/rollout"
@@ -79,24 +81,40 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		logger.Warn("a pinned release key expires soon: add its refreshed copy to release.public_keys", "key", k.String())
 	}
 
-	// The local connection never fails over: the gates must see this node's own agent.
-	local, err := consulconn.New(consulconn.Config{Address: cfg.Consul.Address, TokenFile: cfg.Consul.TokenFile, Logger: logger})
+	if cfg.Consul.SnapshotTokenFile != "" {
+		if _, err := readTokenFile(cfg.Consul.SnapshotTokenFile); err != nil {
+			return err
+		}
+	}
+	// The local connection never fails over: the gates must see this node's own agent. Both carry the
+	// same token and TLS settings (consulConfig), as do the gates' per-server clients.
+	connCfg := consulConfig(cfg, logger)
+	local, err := consulconn.New(connCfg)
 	if err != nil {
 		return err
 	}
 	defer local.Close()
-	cluster, err := consulconn.New(consulconn.Config{Address: cfg.Consul.Address, TokenFile: cfg.Consul.TokenFile,
-		Fallbacks: cfg.Consul.FallbackAddrs, Logger: logger})
+	clusterCfg := connCfg
+	clusterCfg.Fallbacks = cfg.Consul.FallbackAddrs
+	cluster, err := consulconn.New(clusterCfg)
 	if err != nil {
 		return err
 	}
 	defer cluster.Close()
 
-	restarter, stopAgent, err := buildRestarter(ctx, cfg, logger)
+	restarter, stopAgent, detachAgent, err := buildRestarter(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer stopAgent()
+	// An upgrader that refuses to start leaves the agent it runs alone (the next upgrader adopts it).
+	keepAgent := false
+	defer func() {
+		if keepAgent {
+			detachAgent()
+			return
+		}
+		stopAgent()
+	}()
 
 	self, err := waitLocalAgent(ctx, local.API(), logger)
 	if err != nil {
@@ -105,6 +123,10 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 	node := cfg.NodeName
 	if node == "" {
 		node = self.node
+	}
+	if err := checkPermissions(ctx, cfg, connCfg, local, node, self.server, logger); err != nil {
+		keepAgent = true
+		return err
 	}
 	if len(cfg.Consul.FallbackAddrs) == 0 {
 		if addrs, err := cluster.DiscoverServers(ctx); err == nil {
@@ -119,12 +141,19 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 	if err != nil {
 		return err
 	}
-	dialer := health.NewDialer(localAPIConfig(cfg))
+	base, err := connCfg.APIConfig()
+	if err != nil {
+		return err
+	}
+	dialer := health.NewDialer(base)
 	defer dialer.Close()
+	httpPort, _ := strconv.Atoi(portOf(local.Address()))
 	probeKey := cfg.KVPrefix + cfg.Product + "/probe/" + node
 	observer := func(probe string) agent.Observer {
 		return func(ctx context.Context) (health.Observation, error) {
-			in := health.ObserveInput{Local: health.FromClient(local.API()), ProbeKey: probe}
+			// The other servers listen on the local agent's port (DebugConfig.HTTPPort is -1 on an
+			// HTTPS-only agent).
+			in := health.ObserveInput{Local: health.FromClient(local.API()), ProbeKey: probe, HTTPPort: httpPort}
 			if self.server {
 				in.Dial = dialer.Dial
 			}
@@ -149,7 +178,7 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		Locks:             locks,
 		Observe:           observer(""),
 		ObserveConfirm:    observer(probeKey),
-		Cluster:           clusterOps{local: local.API(), cluster: cluster.API()},
+		Cluster:           clusterOps{local: local.API(), cluster: cluster.API(), snapshotTokenFile: cfg.Consul.SnapshotTokenFile},
 		Store:             store,
 		ClientLimit:       cfg.Lock.ClientLimit,
 		Stabilization:     cfg.Gates.StabilizationDuration,
@@ -197,19 +226,21 @@ func loadKeyring(files []string) (openpgp.EntityList, error) {
 }
 
 // buildRestarter makes the configured restarter; in exec mode it also starts (or adopts) the agent and
-// returns how to stop it when the upgrader shuts down.
-func buildRestarter(ctx context.Context, cfg *config.Config, logger hclog.Logger) (agent.Restarter, func(), error) {
+// returns how to stop it when the upgrader shuts down, and how to leave it running for the next upgrader
+// to adopt instead.
+func buildRestarter(ctx context.Context, cfg *config.Config, logger hclog.Logger) (agent.Restarter, func(), func(), error) {
+	noop := func() {}
 	switch cfg.Restart.Mode {
 	case config.RestartSystemd:
-		return &restart.Systemd{Unit: cfg.Restart.Unit}, func() {}, nil
+		return &restart.Systemd{Unit: cfg.Restart.Unit}, noop, noop, nil
 	case config.RestartCommand:
-		return &restart.Command{Argv: cfg.Restart.Command}, func() {}, nil
+		return &restart.Command{Argv: cfg.Restart.Command}, noop, noop, nil
 	}
 	var out io.Writer = os.Stderr
 	if cfg.Restart.LogFile != "" {
 		f, err := os.OpenFile(cfg.Restart.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
-			return nil, nil, fmt.Errorf("failed to open restart.log_file: %w", err)
+			return nil, nil, nil, fmt.Errorf("failed to open restart.log_file: %w", err)
 		}
 		out = f
 	}
@@ -218,10 +249,10 @@ func buildRestarter(ctx context.Context, cfg *config.Config, logger hclog.Logger
 		KillTimeout: cfg.Restart.KillTimeoutDuration, PIDFile: filepath.Join(cfg.StateDir, "agent.pid"), Logger: logger,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if err := ex.Start(ctx); err != nil {
-		return nil, nil, fmt.Errorf("failed to start the agent: %w", err)
+		return nil, nil, nil, fmt.Errorf("failed to start the agent: %w", err)
 	}
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.Restart.KillTimeoutDuration+5*time.Second)
@@ -230,7 +261,11 @@ func buildRestarter(ctx context.Context, cfg *config.Config, logger hclog.Logger
 			logger.Warn("failed to stop the agent", "error", err)
 		}
 	}
-	return ex, stop, nil
+	detach := func() {
+		logger.Warn("leaving the agent running for the next upgrader to adopt", "pid_file", filepath.Join(cfg.StateDir, "agent.pid"))
+		ex.Close()
+	}
+	return ex, stop, detach, nil
 }
 
 type localSelf struct {
@@ -265,18 +300,11 @@ func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (lo
 	}
 }
 
-// localAPIConfig is the api configuration the per-server dialer copies (TLS, token).
-func localAPIConfig(cfg *config.Config) *api.Config {
-	ac := api.DefaultConfig()
-	if cfg.Consul.TokenFile != "" {
-		ac.TokenFile = cfg.Consul.TokenFile
-	}
-	return ac
-}
-
 // clusterOps are the cluster-wide operations the agent performs through Consul's API.
 type clusterOps struct {
 	local, cluster *api.Client
+	// snapshotTokenFile holds the token /v1/snapshot is called with (empty: the agent's own).
+	snapshotTokenFile string
 }
 
 // TransferLeader asks the local server (the leader) to hand leadership to another voter.
@@ -296,9 +324,17 @@ func (o clusterOps) Snapshot(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("failed to create the snapshot directory: %w", err)
 	}
-	rc, _, err := o.cluster.Snapshot().Save((&api.QueryOptions{}).WithContext(ctx))
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	if o.snapshotTokenFile != "" {
+		token, err := readTokenFile(o.snapshotTokenFile)
+		if err != nil {
+			return err
+		}
+		q.Token = token
+	}
+	rc, _, err := o.cluster.Snapshot().Save(q)
 	if err != nil {
-		return fmt.Errorf("failed to save a snapshot: %w", err)
+		return fmt.Errorf("failed to save a snapshot: %w", permission.SnapshotError(err, o.snapshotTokenFile != ""))
 	}
 	defer rc.Close()
 	tmp := path + ".tmp"

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/user"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/upgrader-dev/upgrader/internal/consulconn"
 	"github.com/upgrader-dev/upgrader/internal/rollout"
@@ -22,7 +25,8 @@ const rolloutUsage = `Usage: upgrader rollout <start|status|pause|resume|halt> [
   resume <product>             clear a pause or a halt
   halt   <product>             stop the rollout as a failed node would
 
-Consul is reached like the consul CLI: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...`
+Consul is reached like the consul CLI: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...; the flags
+below override them. With ACLs the token needs jobs/acl/upgrader-operator.hcl.`
 
 // consulFlags are the connection flags every operator command shares.
 type consulFlags struct {
@@ -33,6 +37,8 @@ type consulFlags struct {
 	watch    bool
 	clients  int
 	downgrad bool
+	tls      consulconn.TLS
+	tokenF   string
 }
 
 func runRollout(ctx context.Context, c *CLI, args []string) int {
@@ -52,6 +58,11 @@ func runRollout(ctx context.Context, c *CLI, args []string) int {
 	fs.BoolVar(&f.watch, "watch", false, "status: print the table again whenever a node's record changes")
 	fs.IntVar(&f.clients, "client-concurrency", 0, "start: how many clients may restart at once (default 1)")
 	fs.BoolVar(&f.downgrad, "allow-downgrade", false, "start: allow a target older than what nodes run")
+	fs.StringVar(&f.tokenF, "token-file", "", "file holding the ACL token (default: CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&f.tls.CAFile, "ca-file", "", "CA bundle for HTTPS (default: CONSUL_CACERT)")
+	fs.StringVar(&f.tls.CertFile, "client-cert", "", "client certificate for HTTPS (default: CONSUL_CLIENT_CERT)")
+	fs.StringVar(&f.tls.KeyFile, "client-key", "", "client key for HTTPS (default: CONSUL_CLIENT_KEY)")
+	fs.StringVar(&f.tls.ServerName, "tls-server-name", "", "name to verify the agent's certificate against (default: CONSUL_TLS_SERVER_NAME)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return ExitUsage
 	}
@@ -69,7 +80,7 @@ func runRollout(ctx context.Context, c *CLI, args []string) int {
 		fmt.Fprintf(c.errw, "upgrader rollout: product %q is not supported yet: use consul\n", product)
 		return ExitUsage
 	}
-	conn, err := consulconn.New(consulconn.Config{Address: f.addr})
+	conn, err := consulconn.New(consulconn.Config{Address: f.addr, TokenFile: f.tokenF, TLS: f.tls})
 	if err != nil {
 		fmt.Fprintf(c.errw, "upgrader rollout: %v\n", err)
 		return ExitError
@@ -110,6 +121,10 @@ func runRollout(ctx context.Context, c *CLI, args []string) int {
 			return ExitInterrupted
 		}
 		fmt.Fprintf(c.errw, "upgrader rollout %s: %v\n", verb, err)
+		var se api.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusForbidden {
+			fmt.Fprintf(c.errw, "the token needs key_prefix %q { policy = \"write\" } (jobs/acl/upgrader-operator.hcl)\n", f.prefix)
+		}
 		return ExitError
 	}
 	return ExitOK

@@ -34,8 +34,8 @@ func (t TLS) configured() bool {
 // built from it (the health gates' per-server dialer) reaches Consul exactly as the Conn does: same
 // scheme, token and TLS settings.
 //
-// The scheme is, in order: Config.Scheme; the scheme written in the address; "https" when any TLS
-// setting is given in cfg; the environment (CONSUL_HTTP_SSL, CONSUL_HTTP_ADDR's scheme).
+// The scheme is, in order: Config.Scheme; "https" written in the address (Config.Address or
+// CONSUL_HTTP_ADDR); "https" when any TLS setting is given in cfg; the environment (CONSUL_HTTP_SSL).
 func (cfg Config) APIConfig() (*api.Config, error) {
 	ac := api.DefaultConfig()
 	if cfg.Address != "" {
@@ -56,13 +56,18 @@ func (cfg Config) APIConfig() (*api.Config, error) {
 	setStr(&ac.TLSConfig.KeyFile, cfg.TLS.KeyFile)
 	setStr(&ac.TLSConfig.Address, cfg.TLS.ServerName)
 
+	// Scheme is set explicitly even when the address carries one: clients made from this config for
+	// other agents (Address "host:port") must keep it.
+	addrScheme, _, hasScheme := strings.Cut(ac.Address, "://")
 	switch {
 	case cfg.Scheme == "http" || cfg.Scheme == "https":
 		ac.Scheme = cfg.Scheme
 	case cfg.Scheme != "":
 		return nil, fmt.Errorf("%w: unknown scheme %q (use https or http)", ErrConfig, cfg.Scheme)
-	case strings.Contains(cfg.Address, "://"):
-		// api.NewClient takes the scheme from the address.
+	case hasScheme && addrScheme == "https":
+		ac.Scheme = "https"
+	case hasScheme:
+		// http:// keeps an https asked for by CONSUL_HTTP_SSL, as api.NewClient does; unix:// is local only.
 	case cfg.TLS.configured():
 		ac.Scheme = "https"
 	}

@@ -324,3 +324,42 @@ func TestTLS_BadFiles(t *testing.T) {
 		t.Fatalf("unknown scheme: %v", err)
 	}
 }
+
+// TestTLS_SchemeInAddressReachesTheDialer: an "https://" address (config or CONSUL_HTTP_ADDR) sets the
+// scheme of APIConfig itself, so a client made from it for another server's "host:port" speaks HTTPS too.
+func TestTLS_SchemeInAddressReachesTheDialer(t *testing.T) {
+	verifyNoLeaks(t)
+	clearConsulEnv(t)
+	p := newTestPKI(t, "dc1")
+	_, _, s2 := p.issue(t, "s2", []string{"127.0.44.2"})
+	cliCert, cliKey, _ := p.issue(t, "upgrader-s1", nil)
+	peer, _ := tlsAgent(t, p, "127.0.44.2", s2)
+	t.Setenv("CONSUL_CACERT", p.CA)
+	t.Setenv("CONSUL_CLIENT_CERT", cliCert)
+	t.Setenv("CONSUL_CLIENT_KEY", cliKey)
+
+	for name, cfg := range map[string]Config{
+		"config address": {Address: "https://127.0.44.1:8501"},
+		"env address":    {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("CONSUL_HTTP_ADDR", "https://127.0.44.1:8501")
+			ac, err := cfg.APIConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ac.Scheme != "https" {
+				t.Fatalf("scheme %q, want https", ac.Scheme)
+			}
+			d := health.NewDialer(ac)
+			defer d.Close()
+			e, err := d.Dial(peer.addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Status.LeaderWithQueryOptions(nil); err != nil {
+				t.Fatalf("peer over the dialer: %v", err)
+			}
+		})
+	}
+}

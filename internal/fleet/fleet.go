@@ -46,6 +46,20 @@ type Options struct {
 	// ClusterExtraConfig is HCL appended to every Consul agent's config.
 	ClusterExtraConfig string
 	Logger             hclog.Logger
+
+	// ACL runs the cluster with ACLs in default-deny mode (FAULTS F5). The harness and the agents use a
+	// management token; every upgrader reads its own token file (SetUpgraderToken), which holds
+	// AgentToken, a token of AgentPolicy created once the cluster is up: until then the upgraders'
+	// permission checks meet "ACL not found" and wait.
+	ACL bool
+	// AgentPolicy is the rules of the upgraders' token; empty: jobs/acl/upgrader-agent.hcl.
+	AgentPolicy string
+	// SnapshotToken gives every upgrader consul { snapshot_token_file } holding the management token.
+	SnapshotToken bool
+	// TLS makes every agent serve HTTPS only (ports { http = -1, https = 8501 }, client certificates
+	// required) with certificates from a test CA whose SANs are the nodes' IPs; the upgraders use
+	// ca_file/cert_file/key_file and the harness its own client certificate.
+	TLS bool
 }
 
 func (o *Options) finalize() {
@@ -80,6 +94,11 @@ type Fleet struct {
 	KeyFile    string // the test signing key's public half, pinned by every upgrader
 	Signer     *openpgp.Entity
 
+	// ManagementToken and AgentToken are set in an ACL fleet (secrets: tests must not log them).
+	ManagementToken, AgentToken string
+	// PKI is the test CA of a TLS fleet.
+	PKI *PKI
+
 	t   testcluster.TB
 	o   Options
 	dir string
@@ -98,9 +117,16 @@ type Upgrader struct {
 	LogPath    string
 	LivePath   string // the live consul binary the upgrader swaps
 
-	cmd  *exec.Cmd
-	done chan struct{}
+	cmd      *exec.Cmd
+	done     chan struct{}
+	exitCode int
 }
+
+// Exited is closed when the upgrader process of the last StartUpgrader ends (nil if never started).
+func (u *Upgrader) Exited() <-chan struct{} { return u.done }
+
+// ExitCode is the exit code of the ended process (-1 if killed by a signal); valid once Exited closed.
+func (u *Upgrader) ExitCode() int { return u.exitCode }
 
 // Start builds the mirror, writes every node's upgrader config, starts one upgrader per node (each
 // starts its Consul agent) and waits until the cluster is healthy. Teardown is registered on t.
@@ -114,13 +140,35 @@ func Start(ctx context.Context, t testcluster.TB, o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+	f := &Fleet{t: t, o: o, log: log, ups: map[string]*Upgrader{}}
+	extra := o.ClusterExtraConfig
+	if o.ACL {
+		if f.ManagementToken, err = newSecret(); err != nil {
+			return nil, err
+		}
+		if f.AgentToken, err = newSecret(); err != nil {
+			return nil, err
+		}
+		extra += "\n" + aclAgentConfig(f.ManagementToken)
+	}
 	c, err := testcluster.Create(t, testcluster.Options{Block: o.Block, Servers: o.Servers, Clients: o.Clients,
-		Binary: from, Supervised: true, Harnessed: o.Unmanaged, ExtraConfig: o.ClusterExtraConfig, Logger: log})
+		Binary: from, Supervised: true, Harnessed: o.Unmanaged, ExtraConfig: extra, Logger: log,
+		ClientConfig: f.clientConfig})
 	if err != nil {
 		return nil, err
 	}
-	f := &Fleet{Cluster: c, t: t, o: o, dir: c.Dir(), log: log, ups: map[string]*Upgrader{}}
+	f.Cluster, f.dir = c, c.Dir()
 	t.Cleanup(f.teardown)
+	if o.TLS {
+		if f.PKI, err = NewPKI(filepath.Join(f.dir, "pki"), c.Options().Datacenter, c.Nodes(), time.Now()); err != nil {
+			return nil, err
+		}
+		for _, n := range c.Nodes() {
+			if err := os.WriteFile(filepath.Join(n.ConfigDir, "tls.hcl"), []byte(f.PKI.tlsAgentConfig(n.Name)), 0o644); err != nil {
+				return nil, err
+			}
+		}
+	}
 
 	if f.bin = o.UpgraderBin; f.bin == "" {
 		if f.bin, err = BuildUpgrader(ctx, filepath.Join(f.dir, "upgrader-bin")); err != nil {
@@ -157,6 +205,17 @@ func Start(ctx context.Context, t testcluster.TB, o Options) (*Fleet, error) {
 		c.DumpLogs(60)
 		f.DumpUpgraderLogs(60)
 		return nil, fmt.Errorf("fleet: cluster not healthy: %w", err)
+	}
+	if o.ACL {
+		rules := o.AgentPolicy
+		if rules == "" {
+			if rules, err = ReadShippedPolicy(); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := f.CreateToken(ctx, "upgrader-agent", rules, f.AgentToken); err != nil {
+			return nil, err
+		}
 	}
 	return f, nil
 }
@@ -211,7 +270,11 @@ func (f *Fleet) prepare(n *testcluster.Node, from string) (*Upgrader, error) {
 	n.SetBinary(u.LivePath)
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = %q\nstate_dir = %q\nlog_level = \"debug\"\n", n.Name, u.StateDir)
-	fmt.Fprintf(&b, "consul {\n  address = %q\n}\n", n.HTTPAddr)
+	consul, err := f.consulBlock(u)
+	if err != nil {
+		return nil, err
+	}
+	b.WriteString(consul)
 	fmt.Fprintf(&b, "binary {\n  path = %q\n}\n", u.LivePath)
 	fmt.Fprintf(&b, "release {\n  url = %q\n  public_keys = [%q]\n  allow_insecure_http = true\n}\n", f.Mirror.URL(), f.KeyFile)
 	fmt.Fprintf(&b, "restart {\n  mode = \"exec\"\n  args = [%s]\n  log_file = %q\n  kill_timeout = \"10s\"\n}\n", quoteList(n.AgentArgs()), n.LogPath)
@@ -272,10 +335,15 @@ func (f *Fleet) StartUpgrader(name string) error {
 		return fmt.Errorf("fleet: failed to start the upgrader of %s: %w", name, err)
 	}
 	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	f.mu.Lock()
 	u.cmd, u.done = cmd, done
 	f.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		u.exitCode = cmd.ProcessState.ExitCode()
+		close(done)
+	}()
 	return nil
 }
 

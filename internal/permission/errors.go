@@ -12,6 +12,9 @@ var (
 	// ErrUnavailable: Consul could not answer (no leader, unreachable, token not known yet) before the
 	// deadline; the permissions are unknown.
 	ErrUnavailable = errors.New("permission: consul unavailable")
+	// ErrTokenUnknown: Consul kept answering "ACL not found" until the deadline (wrapped together with
+	// ErrUnavailable): the token does not exist, or consul.token_file names the wrong one.
+	ErrTokenUnknown = errors.New("permission: token not known to consul")
 	// ErrNeeds: Needs is incomplete.
 	ErrNeeds = errors.New("permission: invalid needs")
 )

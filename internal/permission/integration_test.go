@@ -273,7 +273,7 @@ func TestCheck_ACLDefaultDeny(t *testing.T) {
 		short := opts
 		short.Timeout = 1500 * time.Millisecond
 		_, err := Check(ctx, a.client(t, secret), needs, short)
-		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "ACL not found") || !strings.Contains(err.Error(), "consul.token_file") {
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, ErrTokenUnknown) || !strings.Contains(err.Error(), "ACL not found") || !strings.Contains(err.Error(), "consul.token_file") {
 			t.Fatalf("unknown token: %v", err)
 		}
 		t.Logf("unknown token, 1.5s deadline: %v", err)
@@ -351,7 +351,7 @@ func TestCheck_RetriesWithoutLeader(t *testing.T) {
 	logger, logs := testLogger(t)
 	needs := Needs{KVPrefix: "upgrader/", Product: "consul", Node: "s1", Server: true}
 	_, err := Check(ctx, s1.API(), needs, Options{Timeout: 3 * time.Second, MinBackoff: 100 * time.Millisecond, Logger: logger})
-	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "No cluster leader") {
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrTokenUnknown) || !strings.Contains(err.Error(), "No cluster leader") {
 		t.Fatalf("leaderless: %v", err)
 	}
 	t.Logf("leaderless, 3s deadline: %v", err)

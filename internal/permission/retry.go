@@ -145,6 +145,9 @@ func (k *checker) unavailable(method, path string, last, cause error) error {
 	if last == nil {
 		return fmt.Errorf("%w: %s %s: %w", ErrUnavailable, method, path, cause)
 	}
+	if strings.Contains(last.Error(), "ACL not found") {
+		return fmt.Errorf("%w: %w: %s %s: gave up (%w); last answer: %s", ErrUnavailable, ErrTokenUnknown, method, path, cause, hint(last))
+	}
 	return fmt.Errorf("%w: %s %s: gave up (%w); last answer: %s", ErrUnavailable, method, path, cause, hint(last))
 }
 
