@@ -125,7 +125,7 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		node = self.node
 	}
 	if err := checkPermissions(ctx, cfg, connCfg, local, node, self.server, logger); err != nil {
-		keepAgent = true
+		keepAgent = errors.Is(err, permission.ErrDenied) || errors.Is(err, permission.ErrTokenUnknown)
 		return err
 	}
 	if len(cfg.Consul.FallbackAddrs) == 0 {
