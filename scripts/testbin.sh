@@ -23,7 +23,11 @@ fi
 build_one() {
 	local v="$1"
 	local out="$root/consul/$v/consul"
-	if [ -x "$out" ] && "$out" version 2>/dev/null | grep -q "^Consul v$v\$"; then
+	# Capture the whole output first: `consul version | grep -q` lets grep exit early, consul dies of
+	# SIGPIPE, and pipefail then reports a cached binary as missing (and rebuilds it in place).
+	local have=""
+	[ -x "$out" ] && have=$("$out" version 2>/dev/null || true)
+	if [ "${have%%$'\n'*}" = "Consul v$v" ]; then
 		echo "testbin: consul $v already built at $out"
 		return 0
 	fi
