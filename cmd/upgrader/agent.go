@@ -40,10 +40,17 @@ func runAgent(ctx context.Context, c *CLI, args []string) int {
 	nodeName := fs.String("node-name", "", "override node_name")
 	logLevel := fs.String("log-level", "", "override log_level (trace, debug, info, warn, error)")
 	httpAddr := fs.String("http-addr", "", "override consul.address (else CONSUL_HTTP_ADDR)")
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
+		return exitForParse(err)
+	}
+	if len(rest) != 0 {
+		fmt.Fprintf(c.errw, "upgrader agent: unexpected argument %q\n\n", rest[0])
+		fs.Usage()
 		return ExitUsage
 	}
-	if *cfgPath == "" || fs.NArg() != 0 {
+	if *cfgPath == "" {
+		fmt.Fprintf(c.errw, "upgrader agent: -config is required: the agent's HCL configuration file\n\n")
 		fs.Usage()
 		return ExitUsage
 	}
@@ -73,7 +80,7 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("failed to create state_dir: %w", err)
 	}
-	keyring, err := loadKeyring(cfg.Release.PublicKeys)
+	keyring, err := loadKeyring(cfg.Release.PublicKeys, "release.public_keys")
 	if err != nil {
 		return err
 	}
@@ -81,6 +88,9 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		logger.Warn("a pinned release key expires soon: add its refreshed copy to release.public_keys", "key", k.String())
 	}
 
+	if err := checkLiveBinary(cfg.Binary.Path); err != nil {
+		return err
+	}
 	if cfg.Consul.SnapshotTokenFile != "" {
 		if _, err := readTokenFile(cfg.Consul.SnapshotTokenFile); err != nil {
 			return err
@@ -120,9 +130,11 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 	if err != nil {
 		return err
 	}
-	node := cfg.NodeName
-	if node == "" {
-		node = self.node
+	node := self.node
+	if cfg.NodeName != "" && cfg.NodeName != self.node {
+		// The upgrader upgrades the agent it runs next to: a different name is a config mistake.
+		return fmt.Errorf("%w: node_name %q is not the local agent's node name %q (at %s): remove node_name or fix consul.address",
+			config.ErrConfig, cfg.NodeName, self.node, local.Address())
 	}
 	if err := checkPermissions(ctx, cfg, connCfg, local, node, self.server, logger); err != nil {
 		keepAgent = errors.Is(err, permission.ErrDenied) || errors.Is(err, permission.ErrTokenUnknown)
@@ -206,7 +218,8 @@ func (l notAcquiredLock) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	return ch, err
 }
 
-func loadKeyring(files []string) (openpgp.EntityList, error) {
+// loadKeyring reads the pinned keys; setting names the option the files came from, for errors.
+func loadKeyring(files []string, setting string) (openpgp.EntityList, error) {
 	if len(files) == 0 {
 		return release.DefaultKeyring()
 	}
@@ -214,11 +227,11 @@ func loadKeyring(files []string) (openpgp.EntityList, error) {
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("failed to read release.public_keys file: %w", err)
+			return nil, fmt.Errorf("failed to read the %s file: %w", setting, err)
 		}
 		ks, err := release.ReadKeyring(b)
 		if err != nil {
-			return nil, fmt.Errorf("failed to read release key %s: %w", f, err)
+			return nil, fmt.Errorf("failed to read the release key %s (%s): %w", f, setting, err)
 		}
 		all = append(all, ks...)
 	}
@@ -276,6 +289,7 @@ type localSelf struct {
 // waitLocalAgent waits until the local agent answers and says who it is.
 func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (localSelf, error) {
 	backoff := 200 * time.Millisecond
+	start := time.Now()
 	for {
 		self, err := c.Agent().Self()
 		if err == nil {
@@ -288,7 +302,13 @@ func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (lo
 				return s, nil
 			}
 		}
-		logger.Info("waiting for the local agent to answer", "error", err)
+		// Waits for as long as it takes (the agent may be down for maintenance, or starting under exec),
+		// but says so louder once it has lasted.
+		level := hclog.Info
+		if waited := time.Since(start); waited > 30*time.Second {
+			level = hclog.Warn
+		}
+		logger.Log(level, "waiting for the local agent to answer", "waited", time.Since(start).Round(time.Second), "error", err)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -298,6 +318,24 @@ func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (lo
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// checkLiveBinary makes sure binary.path names an existing regular file in a directory the upgrader can
+// write to (the staged binary and the rollback copy live next to it), before anything else happens.
+func checkLiveBinary(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%w: binary.path %s: %w: point it at the live consul binary", config.ErrConfig, path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%w: binary.path %s is not an executable file", config.ErrConfig, path)
+	}
+	probe, err := os.CreateTemp(filepath.Dir(path), ".upgrader-write-check-*")
+	if err != nil {
+		return fmt.Errorf("%w: the directory of binary.path %s is not writable (the new binary is staged next to the live one): %w", config.ErrConfig, path, err)
+	}
+	probe.Close()
+	return os.Remove(probe.Name())
 }
 
 // clusterOps are the cluster-wide operations the agent performs through Consul's API.

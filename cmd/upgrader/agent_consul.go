@@ -77,11 +77,11 @@ func checkPermissions(ctx context.Context, cfg *config.Config, connCfg consulcon
 func readTokenFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("failed to read the token file: %w", err)
+		return "", fmt.Errorf("failed to read consul.snapshot_token_file: %w", err)
 	}
 	token := strings.TrimSpace(string(b))
 	if token == "" {
-		return "", fmt.Errorf("failed to read the token file %s: it is empty", path)
+		return "", fmt.Errorf("failed to read consul.snapshot_token_file %s: it is empty", path)
 	}
 	return token, nil
 }

@@ -44,20 +44,22 @@ func runRelease(ctx context.Context, c *CLI, args []string) int {
 	goos := fs.String("os", runtime.GOOS, "build os")
 	goarch := fs.String("arch", runtime.GOARCH, "build arch")
 	timeout := fs.Duration("timeout", 10*time.Minute, "deadline for the whole fetch")
-	if err := fs.Parse(args[1:]); err != nil {
-		return ExitUsage
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
+		return exitForParse(err)
 	}
-	if fs.NArg() != 2 {
+	if len(pos) != 2 {
+		fmt.Fprintf(c.errw, "upgrader release fetch: want a product and a version (e.g. consul 1.16.1), got %d argument(s)\n\n", len(pos))
 		fs.Usage()
 		return ExitUsage
 	}
-	product := fs.Arg(0)
-	version, err := rollout.NormalizeVersion(fs.Arg(1))
+	product := pos[0]
+	version, err := rollout.NormalizeVersion(pos[1])
 	if err != nil {
 		fmt.Fprintf(c.errw, "upgrader release fetch: %v\n", err)
 		return ExitUsage
 	}
-	keyring, err := loadKeyring(keys)
+	keyring, err := loadKeyring(keys, "-public-key")
 	if err != nil {
 		fmt.Fprintf(c.errw, "upgrader release fetch: %v\n", err)
 		return ExitUsage

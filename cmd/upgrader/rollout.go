@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	version "github.com/hashicorp/go-version"
+
 	"github.com/upgrader-dev/upgrader/internal/consulconn"
 	"github.com/upgrader-dev/upgrader/internal/rollout"
 )
@@ -63,15 +65,20 @@ func runRollout(ctx context.Context, c *CLI, args []string) int {
 	fs.StringVar(&f.tls.CertFile, "client-cert", "", "client certificate for HTTPS (default: CONSUL_CLIENT_CERT)")
 	fs.StringVar(&f.tls.KeyFile, "client-key", "", "client key for HTTPS (default: CONSUL_CLIENT_KEY)")
 	fs.StringVar(&f.tls.ServerName, "tls-server-name", "", "name to verify the agent's certificate against (default: CONSUL_TLS_SERVER_NAME)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return ExitUsage
+	rest, err := parseArgs(fs, args[1:])
+	if err != nil {
+		return exitForParse(err)
 	}
-	rest := fs.Args()
 	want := 1
 	if verb == "start" {
 		want = 2
 	}
 	if len(rest) != want {
+		what := "a product (consul)"
+		if want == 2 {
+			what = "a product and a version, e.g. consul 1.16.1"
+		}
+		fmt.Fprintf(c.errw, "upgrader rollout %s: want %s, got %d argument(s)\n\n", verb, what, len(rest))
 		fs.Usage()
 		return ExitUsage
 	}
@@ -143,7 +150,15 @@ func rolloutStart(ctx context.Context, c *CLI, store *rollout.Store, version str
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "target set: %s (watch it with: upgrader rollout status %s -watch)\n", t, "consul")
+	fmt.Fprintf(c.out, "target set: %s (watch it with: upgrader rollout status consul -watch)\n", t)
+	if !t.AllowDowngrade {
+		if nodes, err := store.ListNodeStatus(ctx); err == nil {
+			if newer := newerThan(nodes, t.Version); len(newer) > 0 {
+				fmt.Fprintf(c.errw, "warning: %s run a newer version than %s and will refuse it; write the target again with -allow-downgrade if a downgrade is meant\n",
+					strings.Join(newer, ", "), t.Version)
+			}
+		}
+	}
 	return nil
 }
 
@@ -173,9 +188,10 @@ func rolloutStatus(ctx context.Context, c *CLI, store *rollout.Store, watch bool
 			_, err := fmt.Fprint(c.out, b.String())
 			return err
 		}
-		if b.String() != last {
+		// Reprint when a record changes, not when the relative times in the table tick.
+		if sig := statusSignature(nodes, ctl, t); sig != last {
 			fmt.Fprintf(c.out, "--- %s\n%s", time.Now().Format(time.TimeOnly), b.String())
-			last = b.String()
+			last = sig
 		}
 		timer := time.NewTimer(time.Second)
 		select {
@@ -185,6 +201,31 @@ func rolloutStatus(ctx context.Context, c *CLI, store *rollout.Store, watch bool
 		case <-timer.C:
 		}
 	}
+}
+
+// newerThan lists the nodes whose running version is newer than target.
+func newerThan(nodes []rollout.NodeStatus, target string) []string {
+	tv, err := version.NewVersion(target)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, n := range nodes {
+		if v, err := version.NewVersion(n.Version); err == nil && v.GreaterThan(tv) {
+			out = append(out, n.Node)
+		}
+	}
+	return out
+}
+
+// statusSignature is what a status table says apart from its relative times.
+func statusSignature(nodes []rollout.NodeStatus, ctl rollout.Control, t rollout.Target) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%s\n", t.Version, ctl.State, ctl.Reason, ctl.By)
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "%s|%s|%s|%s|%s|%s|%s|%d\n", n.Node, n.Role, n.Version, n.Target, n.State, n.Step, n.LastError, n.Since.UnixNano())
+	}
+	return b.String()
 }
 
 // printControl reports the outcome of a control change; curried so it takes a call's results directly.

@@ -131,6 +131,12 @@ func Default() *Config {
 	}
 }
 
+// The platforms releases.hashicorp.com publishes builds for.
+var (
+	knownOS   = map[string]bool{"linux": true, "darwin": true, "windows": true, "freebsd": true, "netbsd": true, "openbsd": true, "solaris": true}
+	knownArch = map[string]bool{"amd64": true, "arm64": true, "386": true, "arm": true, "ppc64le": true, "s390x": true}
+)
+
 // ErrConfig prefixes every configuration error.
 var ErrConfig = errors.New("config")
 
@@ -313,6 +319,17 @@ func (c *Config) Finalize() error {
 	dur("gates.interval", c.Gates.Interval, 50*time.Millisecond, &c.Gates.IntervalDuration)
 	if c.Gates.ConfirmTimeoutDuration != 0 && c.Gates.ConfirmTimeoutDuration <= c.Gates.StabilizationDuration {
 		bad("gates.confirm_timeout %s must be longer than gates.stabilization %s", c.Gates.ConfirmTimeoutDuration, c.Gates.StabilizationDuration)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("log_level %q is unknown: use trace, debug, info, warn or error", c.LogLevel)
+	}
+	if !knownOS[c.Release.OS] {
+		bad("release.os %q is not a platform HashiCorp publishes: use e.g. \"linux\" (default: this machine's)", c.Release.OS)
+	}
+	if !knownArch[c.Release.Arch] {
+		bad("release.arch %q is not an architecture HashiCorp publishes: use e.g. \"amd64\" or \"arm64\" (default: this machine's)", c.Release.Arch)
 	}
 	if c.Lock.ClientLimit < 1 {
 		bad("lock.client_limit %d must be at least 1", c.Lock.ClientLimit)

@@ -50,6 +50,10 @@ restart { mode = "reboot" }`, wantErr: []string{`restart.mode "reboot" is unknow
 		{name: "bad duration", src: minimal + `gates { stabilization = "ten" }`, wantErr: []string{`gates.stabilization "ten" is not a duration`}},
 		{name: "prefix", src: minimal + `kv_prefix = "upgrader"`, wantErr: []string{`kv_prefix "upgrader" must end with "/"`}},
 		{name: "unknown attribute", src: minimal + `bogus = 1`, wantErr: []string{"bogus"}},
+		{name: "log level", src: minimal + `log_level = "verbose"`, wantErr: []string{`log_level "verbose" is unknown`}},
+		{name: "os typo", src: minimal + `release {
+  os = "linx"
+}`, wantErr: []string{`release.os "linx"`}},
 		{name: "syntax", src: `binary {`, wantErr: []string{"config:"}},
 	}
 	for _, tc := range cases {

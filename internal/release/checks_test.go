@@ -78,7 +78,7 @@ func TestCheckBaseURL(t *testing.T) {
 		}
 	}
 	_, err := checkBaseURL("http://127.0.0.1:1", false)
-	if err == nil || !strings.Contains(err.Error(), "AllowInsecureHTTP") {
+	if err == nil || !strings.Contains(err.Error(), "allow_insecure_http") {
 		t.Fatalf("insecure URL error should say how to allow it: %v", err)
 	}
 }

@@ -29,8 +29,8 @@ func checkBaseURL(raw string, allowInsecure bool) (*url.URL, error) {
 	case "https":
 	case "http":
 		if !allowInsecure {
-			return nil, fmt.Errorf("%w: refusing plain http base URL %q: use https, or set AllowInsecureHTTP "+
-				"(allow_insecure_http) for a trusted local mirror; signatures are still verified", ErrInsecureURL, raw)
+			return nil, fmt.Errorf("%w: refusing plain http base URL %q: use https, or allow plain http for a trusted local mirror "+
+				"(agent: release.allow_insecure_http = true; CLI: -allow-insecure-http); signatures are still verified", ErrInsecureURL, raw)
 		}
 	default:
 		return nil, fmt.Errorf("%w: base URL %q: scheme must be https (or http when allowed)", ErrInvalid, raw)
@@ -61,7 +61,7 @@ func (s *Source) httpClient() *http.Client {
 			return fmt.Errorf("%w: too many redirects", ErrInvalid)
 		}
 		if req.URL.Scheme != "https" && !(allow && req.URL.Scheme == "http") {
-			return fmt.Errorf("%w: refusing redirect to %s (set AllowInsecureHTTP for plain http)", ErrInsecureURL, req.URL.Redacted())
+			return fmt.Errorf("%w: refusing redirect to %s: plain http is allowed only with release.allow_insecure_http (CLI: -allow-insecure-http)", ErrInsecureURL, req.URL.Redacted())
 		}
 		if prev != nil {
 			return prev(req, via)

@@ -212,7 +212,7 @@ func TestF13_FetchVerification(t *testing.T) {
 			source: func(s *release.Source) { s.Limits.MaxBinaryBytes = 1 << 20 }},
 		{name: "archive over the download cap", wantErr: release.ErrTooLarge,
 			source: func(s *release.Source) { s.Limits.MaxArchiveBytes = 64 }},
-		{name: "plain http refused unless allowed", wantErr: release.ErrInsecureURL, wantMsg: []string{"AllowInsecureHTTP"},
+		{name: "plain http refused unless allowed", wantErr: release.ErrInsecureURL, wantMsg: []string{"allow_insecure_http", "-allow-insecure-http"},
 			source: func(s *release.Source) { s.AllowInsecureHTTP = false }},
 		{name: "index names another archive", wantErr: release.ErrInvalid,
 			tamper: func(t *testing.T, vf mirror.VersionFiles) {

@@ -61,6 +61,10 @@ func run() int {
 	f, err := fleet.Start(ctx, env, fleet.Options{Block: *block, Servers: 3, Clients: *clients, From: *from,
 		Publish: []string{*to}, Stabilization: "5s", Logger: logger})
 	if err != nil {
+		if ctx.Err() != nil {
+			say("interrupted; tearing down ...")
+			return 130
+		}
 		env.Fail()
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
@@ -72,6 +76,9 @@ func run() int {
 	}
 	s1 := f.Cluster.Servers()[0]
 	say("watch from another terminal: CONSUL_HTTP_ADDR=%s go run ./cmd/upgrader rollout status consul -watch", s1.HTTPAddr)
+	if !*keep {
+		say("(the cluster is torn down when the rollout ends; run `go run ./scripts/demo -keep` to keep it until Ctrl-C)")
+	}
 
 	store, err := f.Store(s1.Name)
 	if err != nil {
@@ -86,6 +93,10 @@ func run() int {
 	}
 	werr := f.WaitRolledOut(ctx, store, *to, say)
 	total := time.Since(start)
+	if werr != nil && ctx.Err() != nil {
+		say("interrupted; tearing down ...")
+		return 130
+	}
 
 	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,5 +1,6 @@
 // Command mirror builds (and optionally serves) a local signed release mirror in the releases.hashicorp.com
-// layout from the cached Consul test binaries, signed with a test key kept in <root>/keys/.
+// layout (in <root>/releases/, the directory it serves) from the cached Consul test binaries, signed
+// with a test key kept in <root>/keys/, outside the served tree.
 //
 //	go run ./scripts/mirror -root .demo/mirror [-serve 127.0.0.1:8600] [-versions 1.16.0,1.16.1]
 //
@@ -36,7 +37,9 @@ const (
 )
 
 const (
-	keyFile       = "keys/signing.asc"
+	keyFile = "keys/signing.asc"
+	// treeDir holds the served release tree, apart from keys/: the private key must never be served.
+	treeDir       = "releases"
 	publicKeyFile = "upgrader-test-key.asc"
 	keyName       = "upgrader test release key"
 	keyLifetime   = 365 * 24 * time.Hour
@@ -127,7 +130,7 @@ func build(ctx context.Context, o options, log hclog.Logger, stdout io.Writer) e
 	var srv *mirror.Server
 	base := o.baseURL
 	if o.serve != "" {
-		if srv, err = mirror.Serve(ctx, o.serve, root); err != nil {
+		if srv, err = mirror.Serve(ctx, o.serve, filepath.Join(root, treeDir)); err != nil {
 			return err
 		}
 		defer srv.Close()
@@ -138,7 +141,7 @@ func build(ctx context.Context, o options, log hclog.Logger, stdout io.Writer) e
 	if base == "" {
 		base = "http://127.0.0.1:8600"
 	}
-	res, err := mirror.BuildWith(mirror.Options{Root: root, BaseURL: base, Product: o.product, Binaries: binaries,
+	res, err := mirror.BuildWith(mirror.Options{Root: filepath.Join(root, treeDir), BaseURL: base, Product: o.product, Binaries: binaries,
 		Signers: []*openpgp.Entity{key}, Logger: log})
 	if err != nil {
 		return err

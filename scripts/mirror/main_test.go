@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -83,7 +84,7 @@ func TestBuildKeepsKeyAndVerifies(t *testing.T) {
 	}
 
 	// The published key verifies what the mirror serves.
-	srv, err := mirror.Serve(ctx, "127.0.0.1:0", root)
+	srv, err := mirror.Serve(ctx, "127.0.0.1:0", filepath.Join(root, treeDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +139,17 @@ func TestServeUntilInterrupted(t *testing.T) {
 	src := &release.Source{BaseURL: url, Keyring: keys, AllowInsecureHTTP: true, CacheDir: t.TempDir()}
 	if _, err := src.Fetch(ctx, "consul", "1.16.1", "linux", "amd64"); err != nil {
 		t.Fatal(err)
+	}
+	// The private signing key lives beside the served tree, never in it.
+	for _, path := range []string{"/" + keyFile, "/../" + keyFile} {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("GET %s answered %d: the private key must not be served", path, resp.StatusCode)
+		}
 	}
 	if !strings.Contains(out.String(), `url                 = "`+url+`"`) {
 		t.Fatalf("config snippet does not name the served URL:\n%s", out.String())
