@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,6 +29,9 @@ type Installer interface {
 	Stage(src, version string) (string, error)
 	Swap(staged, fromVersion string) (string, error)
 	Rollback(rollback string) error
+	// RollbackPath is where Swap keeps the previous binary when that binary is version: a resumed
+	// upgrade whose journal lost the path (a crash between the rename and the journal write) finds it.
+	RollbackPath(version string) string
 }
 
 // Restarter restarts the local agent on whatever binary is at the live path.
@@ -66,8 +70,11 @@ type Store interface {
 	ReadTarget(ctx context.Context) (rollout.Target, []byte, uint64, error)
 	WatchTarget(ctx context.Context, waitIndex uint64) (rollout.Target, []byte, uint64, error)
 	ReadControl(ctx context.Context) (rollout.Control, uint64, error)
+	// WatchControl blocks until the control changes after waitIndex (0: read now).
+	WatchControl(ctx context.Context, waitIndex uint64) (rollout.Control, uint64, error)
 	Halt(ctx context.Context, node, reason string) (rollout.Control, bool, error)
 	PutNodeStatus(ctx context.Context, s rollout.NodeStatus) error
+	GetNodeStatus(ctx context.Context, node string) (rollout.NodeStatus, bool, error)
 	StartRollout(ctx context.Context, t rollout.Target, targetIndex uint64) (rollout.Rollout, error)
 	RecordSnapshot(ctx context.Context, id string, snap rollout.Snapshot) (rollout.Rollout, error)
 	RecordOutcome(ctx context.Context, id, node string, o rollout.Outcome) (rollout.Rollout, error)
@@ -102,6 +109,10 @@ type Options struct {
 	Recheck           time.Duration // how often a waiting node re-evaluates; default 2s
 	AllowSingleServer bool
 
+	// TestHooks enables the test-only pause hook (hook.go). The environment variable
+	// UPGRADER_TEST_HOOKS=1 enables it too; production configurations never set either.
+	TestHooks bool
+
 	Logger hclog.Logger
 	Clock  health.Clock
 }
@@ -113,6 +124,9 @@ type Agent struct {
 	clock  health.Clock
 	status rollout.NodeStatus
 	staged map[string]string // version -> staged path
+	hooks  bool              // test-only pause hook enabled (hook.go)
+
+	transferWait time.Duration // transferAttemptWait; shorter in unit tests
 }
 
 // ErrOptions prefixes invalid Options.
@@ -163,7 +177,8 @@ func New(o Options) (*Agent, error) {
 	}
 	return &Agent{o: o, log: o.Logger.Named("agent"), clock: o.Clock,
 		status: rollout.NodeStatus{Node: o.Node, Role: role, State: rollout.StateIdle},
-		staged: map[string]string{}}, nil
+		staged: map[string]string{}, hooks: o.TestHooks || os.Getenv(TestHooksEnv) == "1",
+		transferWait: transferAttemptWait}, nil
 }
 
 // sleep waits d or until ctx ends.

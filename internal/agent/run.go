@@ -13,6 +13,7 @@ import (
 // Run watches the target and upgrades this node when it should, until ctx ends. It first finishes or
 // rolls back whatever its journal says was in flight when the previous upgrader stopped.
 func (a *Agent) Run(ctx context.Context) error {
+	a.restoreStatus(ctx)
 	if err := a.resume(ctx); err != nil {
 		return err
 	}
@@ -61,14 +62,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// restoreStatus starts from this node's last status record, so a restarted upgrader keeps what it
+// reported (a failure above all) instead of starting over as idle. Best effort.
+func (a *Agent) restoreStatus(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, found, err := a.o.Store.GetNodeStatus(rctx, a.o.Node)
+	if err != nil || !found || s.Node != a.o.Node {
+		return
+	}
+	s.Role = a.status.Role
+	a.status = s
+}
+
 // reconcile does what the plan for target t says and returns how soon to look again (zero: when the
 // target changes).
 func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uint64) time.Duration {
 	in, _, err := a.gather(ctx, t)
 	if err != nil {
+		if a.failedFor(t) {
+			a.log.Warn("failed to observe the cluster; keeping this node's failure on record", "error", err)
+			return a.o.Recheck
+		}
 		a.report(ctx, rollout.StateWaiting, "local agent not answering", err)
 		return a.o.Recheck
 	}
+	failed := a.failedFor(t)
 	a.status.Version, a.status.Target = in.LocalVersion, t.Version
 	plan := Decide(in)
 	switch plan.Action {
@@ -87,6 +106,10 @@ func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uin
 		a.report(ctx, rollout.StateBlocked, plan.Reason, nil)
 		return 0
 	case ActionBlocked:
+		if failed {
+			// This node's failure is what the halt is about: keep it on record as failed, not blocked.
+			return a.o.Recheck
+		}
 		a.report(ctx, rollout.StateBlocked, plan.Reason, nil)
 		return a.o.Recheck
 	case ActionWaitServer, ActionWaitLeader:
@@ -101,6 +124,12 @@ func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uin
 		return a.upgrade(ctx, t, targetIndex)
 	}
 	return a.o.Recheck
+}
+
+// failedFor reports whether this node's record says it failed to upgrade to t. That record stays while
+// the halt it caused blocks the rollout, so operators see which node failed and why.
+func (a *Agent) failedFor(t rollout.Target) bool {
+	return a.status.State == rollout.StateFailed && a.status.Target == t.Version
 }
 
 // stagingRetry is how long a node waits before retrying a release that could not be staged (missing in

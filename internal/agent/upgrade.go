@@ -15,11 +15,10 @@ import (
 const (
 	// restartTimeout bounds one restart of the local agent (stop with its kill timeout, then start).
 	restartTimeout = 2 * time.Minute
-	// transferTimeout bounds a leadership transfer: an election on a healthy cluster takes well under a
-	// few seconds; after this the leader is restarted anyway, costing one election.
-	transferTimeout = 30 * time.Second
 	// releaseTimeout bounds giving the lock back.
 	releaseTimeout = 30 * time.Second
+	// stillHeldTimeout bounds the consistent read that confirms the lock right before the swap.
+	stillHeldTimeout = 30 * time.Second
 )
 
 // stage fetches, verifies and places the release next to the live binary; it is cached per version.
@@ -69,22 +68,35 @@ func (a *Agent) upgrade(ctx context.Context, t rollout.Target, targetIndex uint6
 		return a.o.Recheck
 	}
 	a.report(ctx, rollout.StateWaiting, "waiting for the lock", nil)
-	actx, cancel := context.WithTimeout(ctx, a.o.AcquireTimeout)
-	lost, err := lk.Acquire(actx)
-	cancel()
+	lost, err := a.acquire(ctx, lk)
 	if err != nil {
-		if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrNotAcquired) {
+		switch {
+		case errors.Is(err, errStopped):
+			a.report(ctx, rollout.StateBlocked, "stopped waiting for the lock", err)
+		case ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrNotAcquired):
 			a.report(ctx, rollout.StateWaiting, "lock not acquired", err)
 		}
 		return a.o.Recheck
 	}
 	a.status.Session = lk.SessionID()
 
+	// Journal the session at once: an upgrader that dies from here on finds it when it starts again and
+	// gives the slot back at once, instead of blocking the rollout until the session's TTL runs out.
+	j := &Journal{
+		Target: t.Version, Server: a.o.Server, Step: StepLocked, StagedPath: staged,
+		SessionID: lk.SessionID(), LockPrefix: prefix, LockLimit: limit, StartedAt: a.clock.Now(),
+	}
+	if err := saveJournal(a.o.StateDir, j, a.clock.Now()); err != nil {
+		a.report(ctx, rollout.StateWaiting, "journal", err)
+		a.release(ctx, lk)
+		return a.o.Recheck
+	}
+
 	// Under the lock, everything is decided again from fresh reads (FAULTS F2): the target, the
 	// control, the leader and the cluster's health may all have changed while we waited.
 	base, proceed := a.recheckUnderLock(ctx, t)
 	if !proceed {
-		a.release(ctx, lk)
+		a.abandon(ctx, lk)
 		return a.o.Recheck
 	}
 
@@ -99,52 +111,39 @@ func (a *Agent) upgrade(ctx context.Context, t rollout.Target, targetIndex uint6
 		}
 	}
 
-	j := &Journal{
-		Target: t.Version, From: base.from, Server: a.o.Server, Step: StepLocked,
-		StagedPath: staged, SessionID: lk.SessionID(), LockPrefix: prefix, LockLimit: limit,
-		Baseline: base.health, StartedAt: a.clock.Now(),
-	}
+	j.From, j.Baseline = base.from, base.health
 	if err := saveJournal(a.o.StateDir, j, a.clock.Now()); err != nil {
 		a.report(ctx, rollout.StateWaiting, "journal", err)
-		a.release(ctx, lk)
+		a.abandon(ctx, lk)
 		return a.o.Recheck
-	}
-	select {
-	case <-lost:
-		// The lock was lost before anything was touched: stop here, safely.
-		a.report(ctx, rollout.StateWaiting, "lock lost before the swap; nothing was changed", errLockLost)
-		_ = clearJournal(a.o.StateDir)
-		a.release(ctx, lk)
-		return a.o.Recheck
-	default:
 	}
 	a.report(ctx, rollout.StateLocked, "swapping the binary", nil)
+	if a.pauseAt(ctx, StepLocked) != nil {
+		return a.o.Recheck // shutting down: the journal says locked, so the next start gives the slot back
+	}
 	a.finish(ctx, lk, lost, j, ro.ID)
 	return a.o.Recheck
 }
 
-// finish swaps, restarts and confirms, or rolls back; it always ends with the lock released and the
-// journal cleared. It is also the path a restarted upgrader resumes on.
+// abandon ends an upgrade that never touched the binary: the journal goes, the lock is given back.
+func (a *Agent) abandon(ctx context.Context, lk Lock) {
+	if err := clearJournal(a.o.StateDir); err != nil {
+		a.log.Warn("failed to clear the journal", "error", err)
+	}
+	a.release(ctx, lk)
+}
+
+// finish swaps, restarts and confirms, or rolls back; it ends with the lock released and the journal
+// cleared, except when ctx ends first: then both are left for the next start (resume.go). It is also
+// the path a restarted upgrader resumes on.
 func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Journal, rolloutID string) {
 	if j.Step == StepLocked {
-		j.Step = StepSwapped // recorded before the swap: after a crash, the live binary may be either
-		if err := saveJournal(a.o.StateDir, j, a.clock.Now()); err != nil {
-			a.report(ctx, rollout.StateFailed, "journal", err)
-			a.release(ctx, lk)
+		if !a.swap(ctx, lk, lost, j) {
 			return
 		}
-		rb, err := a.o.Installer.Swap(j.StagedPath, j.From)
-		if err != nil {
-			// Swap is a rename: on error the live binary is still the old one.
-			a.report(ctx, rollout.StateFailed, "swap failed: nothing was changed", err)
-			_ = clearJournal(a.o.StateDir)
-			a.release(ctx, lk)
+		if a.pauseAt(ctx, StepSwapped) != nil {
 			return
 		}
-		delete(a.staged, j.Target)
-		j.RollbackPath = rb
-		a.status.RollbackVersion = j.From
-		_ = saveJournal(a.o.StateDir, j, a.clock.Now())
 	}
 
 	var cause error
@@ -157,24 +156,32 @@ func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jo
 			cause = fmt.Errorf("failed to restart the agent on %s: %w", j.Target, cause)
 		} else {
 			j.Step = StepConfirming
-			_ = saveJournal(a.o.StateDir, j, a.clock.Now())
+			a.saveJournalOrLog(j)
 		}
 	}
 	if cause == nil && j.Step == StepConfirming {
 		a.report(ctx, rollout.StateConfirming, fmt.Sprintf("holding the health gates for %s", a.o.Stabilization), nil)
+		if a.pauseAt(ctx, StepConfirming) != nil {
+			return
+		}
+		if lostBefore(lost) {
+			// Too late to stop: this node has restarted. Confirming it is the safe way on; the next node
+			// re-checks the cluster's health under the lock before it acts.
+			a.log.Warn("the lock was lost after the restart; confirming this node anyway")
+		}
 		cause = a.confirm(ctx, j.Baseline)
 	}
 	if ctx.Err() != nil {
 		// Shutting down mid-upgrade: leave the journal and the lock's session for the next start.
+		a.log.Warn("shutting down mid-upgrade; the next start resumes from the journal", "step", j.Step)
 		return
 	}
 	if cause == nil && j.Step == StepConfirming {
-		a.status.Version = j.Target
+		a.status.Version, a.status.RollbackVersion = j.Target, ""
 		a.report(ctx, rollout.StateDone, fmt.Sprintf("upgraded %s -> %s", j.From, j.Target), nil)
 		a.recordOutcome(ctx, rolloutID, rollout.Outcome{State: rollout.StateDone, From: j.From, To: j.Target})
-		_ = clearJournal(a.o.StateDir)
-		if lostBefore(lost) {
-			a.log.Warn("the lock was lost during confirmation; the node confirmed healthy anyway")
+		if err := clearJournal(a.o.StateDir); err != nil {
+			a.log.Warn("failed to clear the journal", "error", err)
 		}
 		a.release(ctx, lk)
 		return
@@ -185,46 +192,62 @@ func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jo
 	a.rollback(ctx, lk, j, rolloutID, cause)
 }
 
-// rollback puts the previous binary back, restarts, waits for health on the old version, marks the node
-// failed and halts the rollout, and only then releases the lock (FAULTS F3).
-func (a *Agent) rollback(ctx context.Context, lk Lock, j *Journal, rolloutID string, cause error) {
-	a.log.Error("upgrade failed; rolling back", "from", j.From, "to", j.Target, "error", cause)
-	j.Step, j.Error = StepRollingBack, cause.Error()
-	_ = saveJournal(a.o.StateDir, j, a.clock.Now())
-	a.report(ctx, rollout.StateRollingBack, "restoring "+j.From, cause)
+// swap checks, with a consistent read, that the lock is still ours, journals the swap and renames the
+// staged binary over the live one. It returns false when the upgrade stops here (nothing was changed).
+func (a *Agent) swap(ctx context.Context, lk Lock, lost <-chan struct{}, j *Journal) bool {
+	if err := a.stillHeld(ctx, lk, lost); err != nil {
+		if ctx.Err() != nil {
+			return false // shutting down: the journal says locked, so the next start gives the slot back
+		}
+		// The lock was lost before anything was touched: stop here, safely (FAULTS F8).
+		a.report(ctx, rollout.StateWaiting, "lock lost before the swap; nothing was changed", err)
+		a.abandon(ctx, lk)
+		return false
+	}
+	j.Step = StepSwapped // recorded before the swap: after a crash, the live binary may be either
+	if err := saveJournal(a.o.StateDir, j, a.clock.Now()); err != nil {
+		a.report(ctx, rollout.StateFailed, "journal", err)
+		a.abandon(ctx, lk)
+		return false
+	}
+	rb, err := a.o.Installer.Swap(j.StagedPath, j.From)
+	if err != nil {
+		// Swap checks before it renames, and the rename is atomic: the live binary is still the old one.
+		a.report(ctx, rollout.StateFailed, "swap failed: nothing was changed", err)
+		a.abandon(ctx, lk)
+		return false
+	}
+	delete(a.staged, j.Target)
+	j.RollbackPath = rb
+	a.status.RollbackVersion = j.From
+	a.saveJournalOrLog(j)
+	return true
+}
 
-	// Halt first: nobody else may start while this node is unwell, whatever happens next.
-	reason := fmt.Sprintf("%s failed to upgrade %s -> %s: %v", a.o.Node, j.From, j.Target, cause)
-	if _, _, err := a.o.Store.Halt(ctx, a.o.Node, reason); err != nil {
-		a.log.Error("failed to halt the rollout", "error", err)
+// stillHeld returns nil when the lock is ours: its lost channel is open and a consistent read names our
+// session. An unknown answer counts as lost.
+func (a *Agent) stillHeld(ctx context.Context, lk Lock, lost <-chan struct{}) error {
+	if lostBefore(lost) {
+		return errLockLost
 	}
+	hctx, cancel := context.WithTimeout(ctx, stillHeldTimeout)
+	defer cancel()
+	held, err := lk.StillHeld(hctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: failed to confirm the lock: %w", errLockLost, err)
+	case !held:
+		return fmt.Errorf("%w: the semaphore no longer names session %s", errLockLost, lk.SessionID())
+	}
+	return nil
+}
 
-	var rbErr error
-	if j.RollbackPath != "" {
-		rbErr = a.o.Installer.Rollback(j.RollbackPath)
+// saveJournalOrLog saves the journal after a step that has already happened; a failure is logged (the
+// previous journal entry still describes a state the resume path handles).
+func (a *Agent) saveJournalOrLog(j *Journal) {
+	if err := saveJournal(a.o.StateDir, j, a.clock.Now()); err != nil {
+		a.log.Error("failed to update the journal", "step", j.Step, "error", err)
 	}
-	if rbErr == nil {
-		rctx, cancel := context.WithTimeout(ctx, restartTimeout)
-		rbErr = a.o.Restarter.Restart(rctx)
-		cancel()
-	}
-	if rbErr == nil {
-		base := j.Baseline
-		base.TargetVersion = j.From
-		rbErr = a.confirm(ctx, base)
-	}
-	failure := cause
-	if rbErr != nil {
-		failure = fmt.Errorf("%w; rollback to %s also failed: %w", cause, j.From, rbErr)
-	}
-	a.status.Version = j.From
-	a.report(ctx, rollout.StateFailed, "rolled back to "+j.From+"; rollout halted", failure)
-	a.recordOutcome(ctx, rolloutID, rollout.Outcome{State: rollout.StateFailed, From: j.From, To: j.Target, Error: failure.Error()})
-	if ctx.Err() != nil {
-		return
-	}
-	_ = clearJournal(a.o.StateDir)
-	a.release(ctx, lk)
 }
 
 // baseline is what recheckUnderLock learned for the rest of the upgrade.
@@ -280,54 +303,6 @@ func (a *Agent) confirm(ctx context.Context, base health.Baseline) error {
 	a.log.Info("confirmation", "version", base.TargetVersion, "passed", err == nil, "elapsed", rep.Elapsed,
 		"samples", rep.Samples, "failed_samples", rep.Failed, "seen", rep.SeenReasons())
 	return err
-}
-
-// transferLeadership moves raft leadership off this server before it stops; on failure the restart
-// goes ahead anyway (the cluster is healthy with a failure tolerance >= 1) and costs one election.
-func (a *Agent) transferLeadership(ctx context.Context) {
-	a.report(ctx, rollout.StateLocked, "transferring leadership before the restart", nil)
-	tctx, cancel := context.WithTimeout(ctx, transferTimeout)
-	defer cancel()
-	if err := a.o.Cluster.TransferLeader(tctx); err != nil {
-		a.log.Warn("leadership transfer failed; restarting the leader anyway", "error", err)
-		return
-	}
-	// Wait until every server agrees on a new leader that is not us.
-	_, _, err := health.WaitUntil(tctx, health.ObserveFunc(a.o.Observe), func(obs health.Observation, _ time.Time) health.Verdict {
-		return leaderMovedOff(obs, a.o.Node, health.Policy{AllowSingleServer: a.o.AllowSingleServer})
-	}, a.o.Interval, health.WithName("leader transfer"), health.WithLogger(a.log), health.WithClock(a.clock))
-	if err != nil {
-		a.log.Warn("no new leader confirmed after the transfer; restarting anyway", "error", err)
-	}
-}
-
-// leaderMovedOff passes once this server is no longer the leader in its own raft state nor in any
-// server's answer, and the pre-flight gate holds for the new leader. Servers briefly keep naming the
-// old leader after a transfer, so agreeing on "a leader" is not enough: it must not be us.
-func leaderMovedOff(obs health.Observation, node string, policy health.Policy) health.Verdict {
-	if obs.Local.Raft != nil && obs.Local.Raft.State == "Leader" {
-		return health.Verdict{Reasons: []string{"this server is still the leader"}}
-	}
-	self := ""
-	if obs.Raft != nil {
-		for _, s := range obs.Raft.Servers {
-			if s.Node == node {
-				self = s.Address
-			}
-			if s.Leader && s.Node == node {
-				return health.Verdict{Reasons: []string{"the raft configuration still names this server leader"}}
-			}
-		}
-	}
-	for _, sl := range obs.ServerLeaders {
-		if self != "" && sl.Leader == self {
-			return health.Verdict{Reasons: []string{sl.Node + " still names this server leader"}}
-		}
-	}
-	if self != "" && obs.LocalLeader == self {
-		return health.Verdict{Reasons: []string{"the local agent still names this server leader"}}
-	}
-	return health.Preflight(obs, policy)
 }
 
 // snapshotOnce saves a Consul snapshot before the first server of a rollout restarts (FAULTS F4).
