@@ -185,12 +185,13 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		GOOS: cfg.Release.OS, GOARCH: cfg.Release.Arch,
 		Fetcher: &release.Source{BaseURL: cfg.Release.URL, Keyring: keyring, AllowInsecureHTTP: cfg.Release.AllowInsecureHTTP,
 			CacheDir: filepath.Join(cfg.StateDir, "releases"), Logger: logger},
-		Installer:         install.Binary{LivePath: cfg.Binary.Path},
-		Restarter:         restarter,
-		Locks:             locks,
-		Observe:           observer(""),
-		ObserveConfirm:    observer(probeKey),
-		Cluster:           clusterOps{local: local.API(), cluster: cluster.API(), snapshotTokenFile: cfg.Consul.SnapshotTokenFile},
+		Installer:      install.Binary{LivePath: cfg.Binary.Path},
+		Restarter:      restarter,
+		Locks:          locks,
+		Observe:        observer(""),
+		ObserveConfirm: observer(probeKey),
+		Cluster: clusterOps{local: local.API(), cluster: cluster.API(), snapshotTokenFile: cfg.Consul.SnapshotTokenFile,
+			serverLock: rollout.ServerLockPrefix(cfg.KVPrefix, cfg.Product)},
 		Store:             store,
 		ClientLimit:       cfg.Lock.ClientLimit,
 		Stabilization:     cfg.Gates.StabilizationDuration,
@@ -343,6 +344,14 @@ type clusterOps struct {
 	local, cluster *api.Client
 	// snapshotTokenFile holds the token /v1/snapshot is called with (empty: the agent's own).
 	snapshotTokenFile string
+	// serverLock is the server semaphore's prefix.
+	serverLock string
+}
+
+// ServersUpgrading reports whether any server holds the server lock.
+func (o clusterOps) ServersUpgrading(ctx context.Context) (bool, error) {
+	holders, err := lock.Holders(ctx, o.cluster.KV(), o.serverLock)
+	return len(holders) > 0, err
 }
 
 // TransferLeader asks the local server (the leader) to hand leadership to another voter.

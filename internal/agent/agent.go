@@ -63,6 +63,9 @@ type Cluster interface {
 	TransferLeader(ctx context.Context) error
 	// Snapshot saves a Consul snapshot to path.
 	Snapshot(ctx context.Context, path string) error
+	// ServersUpgrading reports whether a server holds the server lock (is mid-upgrade): clients wait
+	// until the last server is confirmed, not merely restarted on the target.
+	ServersUpgrading(ctx context.Context) (bool, error)
 }
 
 // Store is the KV state the agent reads and writes (rollout.Store).
@@ -78,6 +81,9 @@ type Store interface {
 	StartRollout(ctx context.Context, t rollout.Target, targetIndex uint64) (rollout.Rollout, error)
 	RecordSnapshot(ctx context.Context, id string, snap rollout.Snapshot) (rollout.Rollout, error)
 	RecordOutcome(ctx context.Context, id, node string, o rollout.Outcome) (rollout.Rollout, error)
+	ReadRollout(ctx context.Context) (rollout.Rollout, error)
+	ListNodeStatus(ctx context.Context) ([]rollout.NodeStatus, error)
+	FinishRollout(ctx context.Context, id string) (rollout.Rollout, error)
 }
 
 // Options is everything an Agent needs. Every field without a documented default is required.
@@ -123,8 +129,10 @@ type Agent struct {
 	log    hclog.Logger
 	clock  health.Clock
 	status rollout.NodeStatus
-	staged map[string]string // version -> staged path
-	hooks  bool              // test-only pause hook enabled (hook.go)
+	// written is the last status record that reached KV; report skips writes that would not change it.
+	written rollout.NodeStatus
+	staged  map[string]string // version -> staged path
+	hooks   bool              // test-only pause hook enabled (hook.go)
 
 	transferWait time.Duration // transferAttemptWait; shorter in unit tests
 }
@@ -197,8 +205,15 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
 // record is for operators, and the local agent may be restarting right now.
 func (a *Agent) report(ctx context.Context, state rollout.NodeState, step string, err error) {
 	a.status = a.status.Transition(state, step, a.clock.Now())
-	if err != nil {
+	switch {
+	case err != nil:
 		a.status.LastError = err.Error()
+	case state == rollout.StateDone || state == rollout.StateUpToDate || state == rollout.StateIdle:
+		// A success (or no target at all) ends the story of an earlier error.
+		a.status.LastError = ""
+	}
+	if a.status.SameAs(a.written) {
+		return // nothing an operator would see changed: no log line, no KV write
 	}
 	level := hclog.Info
 	if err != nil {
@@ -213,5 +228,7 @@ func (a *Agent) report(ctx context.Context, state rollout.NodeState, step string
 	defer cancel()
 	if werr := a.o.Store.PutNodeStatus(wctx, a.status); werr != nil {
 		a.log.Debug("failed to write the status record", "error", werr)
+		return
 	}
+	a.written = a.status
 }

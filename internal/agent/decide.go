@@ -37,6 +37,8 @@ type Inputs struct {
 	LocalVersion string // version the local agent reports
 	IsLeader     bool   // the local agent is the current raft leader
 	Members      []health.Member
+	// ServersBusy: a server holds the server lock (clients only; read when every server runs the target).
+	ServersBusy bool
 }
 
 // Plan is Decide's answer.
@@ -82,6 +84,10 @@ func Decide(in Inputs) Plan {
 		if len(pending) > 0 {
 			return Plan{Action: ActionWaitServer, Pending: pending,
 				Reason: fmt.Sprintf("clients go after every server runs %s; waiting for %s", in.Target, strings.Join(pending, ", "))}
+		}
+		if in.ServersBusy {
+			return Plan{Action: ActionWaitServer,
+				Reason: "clients go after the last server is confirmed healthy; a server still holds the server lock"}
 		}
 		return Plan{Action: ActionUpgrade, Reason: fmt.Sprintf("upgrade client %s -> %s", in.LocalVersion, in.Target)}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/upgrader-dev/upgrader/internal/health"
+	"github.com/upgrader-dev/upgrader/internal/rollout"
 )
 
 func members(spec ...string) []health.Member {
@@ -47,6 +48,7 @@ func TestDecide(t *testing.T) {
 		{"client waits for servers", Inputs{Target: "1.16.1", LocalVersion: "1.16.0", Node: "c1", Members: s1new}, ActionWaitServer, []string{"s2", "s3"}},
 		{"client waits for a failed server", Inputs{Target: "1.16.1", LocalVersion: "1.16.0", Node: "c1", Members: s2failed}, ActionWaitServer, []string{"s2"}},
 		{"client goes", Inputs{Target: "1.16.1", LocalVersion: "1.16.0", Node: "c1", Members: append(allNew, health.Member{Name: "c1", Role: "client", Version: "1.16.0", Status: health.MemberAlive})}, ActionUpgrade, nil},
+		{"client waits while the last server confirms", Inputs{Target: "1.16.1", LocalVersion: "1.16.0", Node: "c1", Members: allNew, ServersBusy: true}, ActionWaitServer, nil},
 		{"unparsable local version", Inputs{Target: "1.16.1", LocalVersion: "garbage"}, ActionInvalid, nil},
 	}
 	for _, tc := range cases {
@@ -62,5 +64,27 @@ func TestDecide(t *testing.T) {
 				t.Fatal("every plan must say why")
 			}
 		})
+	}
+}
+
+func TestRolloutComplete(t *testing.T) {
+	st := func(v string, state rollout.NodeState) rollout.NodeStatus {
+		return rollout.NodeStatus{Version: v, State: state}
+	}
+	cases := []struct {
+		name     string
+		statuses []rollout.NodeStatus
+		want     bool
+	}{
+		{"no records", nil, false},
+		{"all done", []rollout.NodeStatus{st("1.16.1", rollout.StateDone), st("1.16.1", rollout.StateUpToDate)}, true},
+		{"one behind", []rollout.NodeStatus{st("1.16.1", rollout.StateDone), st("1.16.0", rollout.StateWaiting)}, false},
+		{"one confirming", []rollout.NodeStatus{st("1.16.1", rollout.StateDone), st("1.16.1", rollout.StateConfirming)}, false},
+		{"one failed", []rollout.NodeStatus{st("1.16.1", rollout.StateDone), st("1.16.0", rollout.StateFailed)}, false},
+	}
+	for _, tc := range cases {
+		if got := RolloutComplete("1.16.1", tc.statuses); got != tc.want {
+			t.Errorf("%s: RolloutComplete = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

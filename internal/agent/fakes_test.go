@@ -256,6 +256,9 @@ type fakeCluster struct{}
 
 func (fakeCluster) TransferLeader(context.Context) error   { return nil }
 func (fakeCluster) Snapshot(context.Context, string) error { return nil }
+func (fakeCluster) ServersUpgrading(context.Context) (bool, error) {
+	return false, nil
+}
 func (w *world) locks(prefix string, limit int, session string) (Lock, error) {
 	return &fakeLock{w: w, resume: session}, nil
 }
@@ -439,6 +442,20 @@ func (s fakeStore) RecordOutcome(_ context.Context, id, node string, o rollout.O
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	s.w.outcomes[node] = o
+	return rollout.Rollout{ID: id}, nil
+}
+
+func (s fakeStore) ReadRollout(context.Context) (rollout.Rollout, error) {
+	return rollout.Rollout{}, rollout.ErrNoRollout
+}
+
+func (s fakeStore) ListNodeStatus(context.Context) ([]rollout.NodeStatus, error) {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	return []rollout.NodeStatus{s.w.status}, nil
+}
+
+func (s fakeStore) FinishRollout(_ context.Context, id string) (rollout.Rollout, error) {
 	return rollout.Rollout{ID: id}, nil
 }
 

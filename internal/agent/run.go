@@ -27,14 +27,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			idx uint64
 			err error
 		)
-		if recheck > 0 {
-			if a.sleep(ctx, recheck) != nil {
-				break
-			}
-			t, _, idx, err = a.o.Store.ReadTarget(ctx)
-		} else {
-			t, _, idx, err = a.o.Store.WatchTarget(ctx, index)
-		}
+		t, idx, err = a.nextTarget(ctx, index, recheck)
 		if ctx.Err() != nil {
 			break
 		}
@@ -75,6 +68,23 @@ func (a *Agent) restoreStatus(ctx context.Context) {
 	a.status = s
 }
 
+// nextTarget returns the target once it changes after index, or after wait (zero: only on a change), so
+// a waiting node re-evaluates on time and still reacts to a new target at once.
+func (a *Agent) nextTarget(ctx context.Context, index uint64, wait time.Duration) (rollout.Target, uint64, error) {
+	if wait <= 0 {
+		t, _, idx, err := a.o.Store.WatchTarget(ctx, index)
+		return t, idx, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	t, _, idx, err := a.o.Store.WatchTarget(wctx, index)
+	cancel()
+	if wctx.Err() != nil && ctx.Err() == nil {
+		// No change within wait: read it once more for the periodic re-evaluation.
+		t, _, idx, err = a.o.Store.ReadTarget(ctx)
+	}
+	return t, idx, err
+}
+
 // reconcile does what the plan for target t says and returns how soon to look again (zero: when the
 // target changes).
 func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uint64) time.Duration {
@@ -101,6 +111,7 @@ func (a *Agent) reconcile(ctx context.Context, t rollout.Target, targetIndex uin
 		if a.status.State != rollout.StateDone {
 			a.report(ctx, rollout.StateUpToDate, plan.Reason, nil)
 		}
+		a.finishIfComplete(ctx, t)
 		return 0
 	case ActionRefuse:
 		a.report(ctx, rollout.StateBlocked, plan.Reason, nil)
@@ -132,6 +143,39 @@ func (a *Agent) failedFor(t rollout.Target) bool {
 	return a.status.State == rollout.StateFailed && a.status.Target == t.Version
 }
 
+// finishIfComplete closes the current rollout of t (archiving it to history) once every node with a
+// status record reports t's version as done or up to date. Any node may do it; FinishRollout is
+// idempotent and CAS-guarded.
+func (a *Agent) finishIfComplete(ctx context.Context, t rollout.Target) {
+	ro, err := a.o.Store.ReadRollout(ctx)
+	if err != nil || ro.Finished() || ro.Target.Version != t.Version {
+		return
+	}
+	statuses, err := a.o.Store.ListNodeStatus(ctx)
+	if err != nil || !RolloutComplete(t.Version, statuses) {
+		return
+	}
+	if _, err := a.o.Store.FinishRollout(ctx, ro.ID); err != nil {
+		a.log.Warn("failed to close the rollout record", "rollout", ro.ID, "error", err)
+		return
+	}
+	a.log.Info("rollout complete: every node runs the target", "rollout", ro.ID, "nodes", len(statuses))
+}
+
+// RolloutComplete reports whether every status record says the node runs version, done or up to date.
+// Pure.
+func RolloutComplete(version string, statuses []rollout.NodeStatus) bool {
+	if len(statuses) == 0 {
+		return false
+	}
+	for _, s := range statuses {
+		if !sameVersion(s.Version, version) || (s.State != rollout.StateDone && s.State != rollout.StateUpToDate) {
+			return false
+		}
+	}
+	return true
+}
+
 // stagingRetry is how long a node waits before retrying a release that could not be staged (missing in
 // the mirror, bad signature): long enough not to hammer the release site, short enough that a fixed
 // mirror is picked up without a restart.
@@ -157,6 +201,13 @@ func (a *Agent) gather(ctx context.Context, t rollout.Target) (Inputs, health.Ob
 		LocalVersion:   obs.Local.Version,
 		IsLeader:       obs.Local.Raft != nil && obs.Local.Raft.State == "Leader",
 		Members:        obs.Members,
+	}
+	if !in.Server && in.Target != "" && len(pendingServers(in.Members, in.Target, in.Node)) == 0 {
+		busy, err := a.o.Cluster.ServersUpgrading(ctx)
+		if err != nil {
+			return Inputs{}, obs, fmt.Errorf("failed to read the server lock: %w", err)
+		}
+		in.ServersBusy = busy
 	}
 	return in, obs, nil
 }

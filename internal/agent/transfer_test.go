@@ -51,7 +51,8 @@ func (c *transferCluster) TransferLeader(context.Context) error {
 	}
 	return nil
 }
-func (c *transferCluster) Snapshot(context.Context, string) error { return nil }
+func (c *transferCluster) Snapshot(context.Context, string) error         { return nil }
+func (c *transferCluster) ServersUpgrading(context.Context) (bool, error) { return false, nil }
 func (c *transferCluster) observe(context.Context) (health.Observation, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

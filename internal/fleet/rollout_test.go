@@ -96,6 +96,22 @@ func TestRollout_ServersThenClients(t *testing.T) {
 	if rep.ClientLockGaps > 0 {
 		t.Errorf("the client lock named no holder in %d samples taken while a client was down", rep.ClientLockGaps)
 	}
+	// The rollout record is closed and archived once every node reports the target.
+	var ro rollout.Rollout
+	for ro, err = store.ReadRollout(ctx); err != nil || !ro.Finished(); ro, err = store.ReadRollout(ctx) {
+		if serr := sleepCtx(ctx, 250*time.Millisecond); serr != nil {
+			t.Fatalf("rollout record never finished: %+v %v", ro, err)
+		}
+	}
+	history, err := store.ListHistory(ctx)
+	if err != nil || len(history) == 0 || history[len(history)-1].ID != ro.ID {
+		t.Errorf("finished rollout %s not in history (%d entries, %v)", ro.ID, len(history), err)
+	}
+	if ro.Snapshot == nil || ro.Snapshot.Path == "" {
+		t.Errorf("rollout record names no pre-upgrade snapshot: %+v", ro)
+	}
+	t.Logf("rollout record %s: started %s, finished %s, snapshot %v, outcomes %d", ro.ID, ro.StartedAt.Format(time.TimeOnly),
+		ro.FinishedAt.Format(time.TimeOnly), ro.Snapshot, len(ro.Outcomes))
 	statuses, err := store.ListNodeStatus(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -67,6 +67,12 @@ func (s NodeStatus) Transition(state NodeState, step string, now time.Time) Node
 	return s
 }
 
+// SameAs reports whether o says the same as s to an operator: every field but the Updated time.
+func (s NodeStatus) SameAs(o NodeStatus) bool {
+	s.Updated, o.Updated = time.Time{}, time.Time{}
+	return s == o
+}
+
 func decodeNodeStatus(key string, b []byte) (NodeStatus, error) {
 	var s NodeStatus
 	if err := json.Unmarshal(b, &s); err != nil {
