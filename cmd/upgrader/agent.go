@@ -180,6 +180,8 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		}
 		return notAcquiredLock{l}, nil
 	}
+	// Resolved before the options: it may raise confirm_timeout to stay longer than the window.
+	stabilization := stabilizationWindow(cfg, local.API(), logger)
 	a, err := agent.New(agent.Options{
 		Product: cfg.Product, KVPrefix: cfg.KVPrefix, Node: node, Server: self.server, StateDir: cfg.StateDir,
 		GOOS: cfg.Release.OS, GOARCH: cfg.Release.Arch,
@@ -194,7 +196,7 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 			serverLock: rollout.ServerLockPrefix(cfg.KVPrefix, cfg.Product)},
 		Store:             store,
 		ClientLimit:       cfg.Lock.ClientLimit,
-		Stabilization:     cfg.Gates.StabilizationDuration,
+		Stabilization:     stabilization,
 		ConfirmTimeout:    cfg.Gates.ConfirmTimeoutDuration,
 		Interval:          cfg.Gates.IntervalDuration,
 		AllowSingleServer: cfg.Gates.AllowSingleServer,
@@ -319,6 +321,27 @@ func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (lo
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// stabilizationWindow is gates.stabilization when set, else the larger of config.DefaultStabilization and
+// the cluster's autopilot ServerStabilizationTime.
+func stabilizationWindow(cfg *config.Config, c *api.Client, logger hclog.Logger) time.Duration {
+	if cfg.Gates.Stabilization != "" {
+		return cfg.Gates.StabilizationDuration
+	}
+	ap, err := c.Operator().AutopilotGetConfiguration(nil)
+	if err != nil {
+		logger.Warn("failed to read autopilot's configuration; using the default stabilization window",
+			"window", config.DefaultStabilization, "error", err)
+		return config.DefaultStabilization
+	}
+	w := max(config.DefaultStabilization, ap.ServerStabilizationTime.Duration())
+	logger.Info("stabilization window", "window", w, "autopilot_server_stabilization_time", ap.ServerStabilizationTime.Duration())
+	if cfg.Gates.ConfirmTimeoutDuration <= w {
+		logger.Warn("gates.confirm_timeout is not longer than the stabilization window; raising it", "confirm_timeout", cfg.Gates.ConfirmTimeoutDuration, "window", w)
+		cfg.Gates.ConfirmTimeoutDuration = w + time.Minute
+	}
+	return w
 }
 
 // checkLiveBinary makes sure binary.path names an existing regular file in a directory the upgrader can

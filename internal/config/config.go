@@ -104,7 +104,7 @@ type Gates struct {
 	Interval          string `hcl:"interval,optional"`
 	AllowSingleServer bool   `hcl:"allow_single_server,optional"`
 
-	StabilizationDuration  time.Duration
+	StabilizationDuration  time.Duration // 0 until resolved when Stabilization is unset (see DefaultStabilization)
 	ConfirmTimeoutDuration time.Duration
 	IntervalDuration       time.Duration
 }
@@ -125,9 +125,10 @@ func Default() *Config {
 		// Lock delay 5s: after an invalidation nobody may take the lock for 5s, long enough for a
 		// crashed holder's half-finished restart to show up in the health gates of the next one.
 		Lock: &Lock{TTL: "15s", LockDelay: "5s", ClientLimit: 1},
-		// Stabilization 10s: at least autopilot's default ServerStabilizationTime (10s), so a restarted
-		// server has been a voter and in contact for as long as autopilot itself demands.
-		Gates: &Gates{Stabilization: "10s", ConfirmTimeout: "5m", Interval: "250ms"},
+		// Stabilization unset: the agent uses the larger of DefaultStabilization and the cluster's
+		// autopilot ServerStabilizationTime, so a restarted server has been a voter and in contact for
+		// at least as long as autopilot itself demands.
+		Gates: &Gates{ConfirmTimeout: "5m", Interval: "250ms"},
 	}
 }
 
@@ -136,6 +137,10 @@ var (
 	knownOS   = map[string]bool{"linux": true, "darwin": true, "windows": true, "freebsd": true, "netbsd": true, "openbsd": true, "solaris": true}
 	knownArch = map[string]bool{"amd64": true, "arm64": true, "386": true, "arm": true, "ppc64le": true, "s390x": true}
 )
+
+// DefaultStabilization is the confirm window when gates.stabilization is unset and autopilot's own
+// ServerStabilizationTime is shorter: autopilot's default.
+const DefaultStabilization = 10 * time.Second
 
 // ErrConfig prefixes every configuration error.
 var ErrConfig = errors.New("config")
@@ -314,7 +319,9 @@ func (c *Config) Finalize() error {
 	// Consul accepts session TTLs from 10s to 24h.
 	dur("lock.ttl", c.Lock.TTL, 10*time.Second, &c.Lock.TTLDuration)
 	dur("lock.lock_delay", c.Lock.LockDelay, 0, &c.Lock.LockDelayDuration)
-	dur("gates.stabilization", c.Gates.Stabilization, 0, &c.Gates.StabilizationDuration)
+	if c.Gates.Stabilization != "" {
+		dur("gates.stabilization", c.Gates.Stabilization, 0, &c.Gates.StabilizationDuration)
+	}
 	dur("gates.confirm_timeout", c.Gates.ConfirmTimeout, 10*time.Second, &c.Gates.ConfirmTimeoutDuration)
 	dur("gates.interval", c.Gates.Interval, 50*time.Millisecond, &c.Gates.IntervalDuration)
 	if c.Gates.ConfirmTimeoutDuration != 0 && c.Gates.ConfirmTimeoutDuration <= c.Gates.StabilizationDuration {

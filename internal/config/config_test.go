@@ -25,8 +25,8 @@ func TestParseFinalize(t *testing.T) {
 			if c.Release.URL != DefaultReleaseURL || c.KVPrefix != "upgrader/" || c.Lock.TTLDuration != 15*time.Second {
 				t.Fatalf("defaults not applied: %+v %+v", c.Release, c.Lock)
 			}
-			if c.Gates.StabilizationDuration != 10*time.Second {
-				t.Fatalf("stabilization = %s", c.Gates.StabilizationDuration)
+			if c.Gates.Stabilization != "" || c.Gates.StabilizationDuration != 0 {
+				t.Fatalf("stabilization should be left to the agent (autopilot), got %q", c.Gates.Stabilization)
 			}
 		}},
 		{name: "overrides", src: minimal + `
