@@ -207,7 +207,16 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 	}
 	logger.Info("upgrader agent running", "node", node, "server", self.server, "version", self.version,
 		"target_key", cfg.KVPrefix+cfg.Product+"/target")
-	return a.Run(ctx)
+	if err := a.Run(ctx); err != nil {
+		if ctx.Err() == nil {
+			// An upgrader that fails (a revoked token, an unreadable journal) must not take its node
+			// down with it: on every node at once that would be a cluster outage. The agent keeps
+			// running and the next upgrader adopts it.
+			keepAgent = true
+		}
+		return err
+	}
+	return nil
 }
 
 // notAcquiredLock maps the lock package's "not acquired" onto the agent's sentinel.
@@ -215,6 +224,9 @@ type notAcquiredLock struct{ *lock.Lock }
 
 func (l notAcquiredLock) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	ch, err := l.Lock.Acquire(ctx)
+	if errors.Is(err, lock.ErrLimitConflict) {
+		return nil, err // a configuration error to show the operator, not "still waiting"
+	}
 	if errors.Is(err, lock.ErrNotAcquired) {
 		return nil, fmt.Errorf("%w: %w", agent.ErrNotAcquired, err)
 	}

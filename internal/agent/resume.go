@@ -57,7 +57,7 @@ func (a *Agent) resume(ctx context.Context) error {
 	a.status.RollbackVersion = j.From
 	ro, _ := a.currentRollout(ctx, j)
 	if j.Step == StepRollingBack {
-		a.rollback(ctx, lk, j, ro, errors.New(j.Error))
+		a.rollback(ctx, lk, lost, j, ro, errors.New(j.Error))
 		return nil
 	}
 	// Swapped or confirming: restart only if the agent does not run the target yet, then confirm.

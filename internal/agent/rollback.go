@@ -25,7 +25,7 @@ const (
 // (FAULTS F3). The halt is written before the lock is released, however long that takes: a node whose
 // upgrade failed keeps the lock (and so keeps every other node waiting) until the halt is on record.
 // When ctx ends first the journal (step rolling-back) and the session are left for the next start.
-func (a *Agent) rollback(ctx context.Context, lk Lock, j *Journal, rolloutID string, cause error) {
+func (a *Agent) rollback(ctx context.Context, lk Lock, lost <-chan struct{}, j *Journal, rolloutID string, cause error) {
 	a.log.Error("upgrade failed; rolling back", "from", j.From, "to", j.Target, "error", cause)
 	if j.RollbackPath == "" && j.From != "" {
 		j.RollbackPath = a.o.Installer.RollbackPath(j.From)
@@ -43,6 +43,17 @@ func (a *Agent) rollback(ctx context.Context, lk Lock, j *Journal, rolloutID str
 		return
 	}
 
+	if lostBefore(lost) {
+		// The lock went while this node was unwell; the rollback's restart must not run without it. The
+		// halt keeps every other node from taking it, so re-taking it does not wait on anybody healthy.
+		a.log.Warn("the lock was lost before the rollback; re-taking it before restarting")
+		nlk, nlost, err := a.reacquire(ctx, j)
+		if err != nil {
+			a.log.Warn("shutting down before the lock was re-taken; the next start resumes the rollback", "error", err)
+			return
+		}
+		lk, lost = nlk, nlost
+	}
 	rbErr := a.restoreOld(ctx, j)
 	if ctx.Err() != nil {
 		a.log.Warn("shutting down mid-rollback; the next start resumes it from the journal")

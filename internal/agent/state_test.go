@@ -64,6 +64,37 @@ func TestUpgrade_Scenarios(t *testing.T) {
 			},
 		},
 		{
+			name: "lock lost between the swap and the restart: old binary back, no restart",
+			setup: func(w *world) {
+				lostOnce := false
+				w.onStatus = func(w *world, s rollout.NodeStatus) {
+					if s.State == rollout.StateRestarting && !lostOnce {
+						lostOnce = true
+						w.loseLock()
+					}
+				}
+			},
+			until: func(w *world) bool { return w.status.State == rollout.StateDone },
+			check: func(t *testing.T, w *world, ev []string) {
+				lost := indexOf(ev, "lock lost by", 0)
+				if lost < 0 {
+					t.Fatalf("the lock was never lost: %v", ev)
+				}
+				first := indexOf(ev, "restart on", 0)
+				again := indexOf(ev, "acquire", lost)
+				if first >= 0 && first < again {
+					t.Fatalf("restarted at event %d without the lock (lost at %d, re-taken at %d): %v", first, lost, again, ev)
+				}
+				found := false
+				for _, s := range w.statuses {
+					found = found || strings.Contains(s.Step, "old binary put back, nothing restarted")
+				}
+				if !found {
+					t.Fatal("no status record said the old binary was put back")
+				}
+			},
+		},
+		{
 			name: "a target change during confirmation does not interrupt it",
 			setup: func(w *world) {
 				w.onRestart = func(w *world) { w.setTarget("9.9.9") }

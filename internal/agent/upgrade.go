@@ -15,6 +15,9 @@ import (
 const (
 	// restartTimeout bounds one restart of the local agent (stop with its kill timeout, then start).
 	restartTimeout = 2 * time.Minute
+	// snapshotTimeout bounds the pre-upgrade snapshot, taken while the lock is held: a stalled server
+	// must not hold the whole rollout. Consul snapshots of ordinary clusters take seconds.
+	snapshotTimeout = 5 * time.Minute
 	// releaseTimeout bounds giving the lock back.
 	releaseTimeout = 30 * time.Second
 	// stillHeldTimeout bounds the consistent read that confirms the lock right before the swap.
@@ -149,6 +152,12 @@ func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jo
 	var cause error
 	if j.Step == StepSwapped {
 		a.report(ctx, rollout.StateRestarting, "restarting on "+j.Target, nil)
+		if lostBefore(lost) {
+			// The lock went between the swap and now: the running agent is still the old one, so
+			// putting the old binary back at the live path undoes everything without a restart.
+			a.unswap(ctx, lk, j)
+			return
+		}
 		rctx, cancel := context.WithTimeout(ctx, restartTimeout)
 		cause = a.o.Restarter.Restart(rctx)
 		cancel()
@@ -189,12 +198,20 @@ func (a *Agent) finish(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jo
 	if cause == nil {
 		cause = fmt.Errorf("interrupted at step %s", j.Step)
 	}
-	a.rollback(ctx, lk, j, rolloutID, cause)
+	a.rollback(ctx, lk, lost, j, rolloutID, cause)
 }
 
 // swap checks, with a consistent read, that the lock is still ours, journals the swap and renames the
 // staged binary over the live one. It returns false when the upgrade stops here (nothing was changed).
 func (a *Agent) swap(ctx context.Context, lk Lock, lost <-chan struct{}, j *Journal) bool {
+	if err := a.readyToGoDown(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false // shutting down: the journal says locked, so the next start gives the slot back
+		}
+		a.report(ctx, rollout.StateWaiting, "not swapping: "+err.Error(), nil)
+		a.abandon(ctx, lk)
+		return false
+	}
 	if err := a.stillHeld(ctx, lk, lost); err != nil {
 		if ctx.Err() != nil {
 			return false // shutting down: the journal says locked, so the next start gives the slot back
@@ -222,6 +239,39 @@ func (a *Agent) swap(ctx context.Context, lk Lock, lost <-chan struct{}, j *Jour
 	a.status.RollbackVersion = j.From
 	a.saveJournalOrLog(j)
 	return true
+}
+
+// readyToGoDown takes a fresh look just before the swap: the snapshot and a leadership transfer may
+// have taken long, and the decision under the lock is stale by then. A server that is (again) the
+// leader hands leadership over first; the pre-flight gate must pass on the sample taken afterwards.
+func (a *Agent) readyToGoDown(ctx context.Context) error {
+	obs, err := a.o.Observe(ctx)
+	if err != nil {
+		return fmt.Errorf("the local agent did not answer: %w", err)
+	}
+	if a.o.Server && obs.Local.Raft != nil && obs.Local.Raft.State == "Leader" {
+		a.transferLeadership(ctx)
+		if obs, err = a.o.Observe(ctx); err != nil {
+			return fmt.Errorf("the local agent did not answer: %w", err)
+		}
+	}
+	if v := a.preflight(obs); !v.Pass {
+		return fmt.Errorf("pre-flight gate no longer passes: %s", joinReasons(v.Reasons))
+	}
+	return nil
+}
+
+// unswap undoes a swap whose restart never happened (the lock was lost in between): the rollback copy
+// goes back to the live path, the journal is cleared and the lock given back.
+func (a *Agent) unswap(ctx context.Context, lk Lock, j *Journal) {
+	if err := a.o.Installer.Rollback(j.RollbackPath); err != nil {
+		// The journal stays at "swapped": the next start resumes it under a re-taken lock.
+		a.report(ctx, rollout.StateFailed, "lock lost after the swap and the old binary could not be put back", err)
+		return
+	}
+	a.status.RollbackVersion = ""
+	a.report(ctx, rollout.StateWaiting, "lock lost after the swap: old binary put back, nothing restarted", errLockLost)
+	a.abandon(ctx, lk)
 }
 
 // stillHeld returns nil when the lock is ours: its lost channel is open and a consistent read names our
@@ -311,7 +361,9 @@ func (a *Agent) snapshotOnce(ctx context.Context, ro rollout.Rollout) {
 		return
 	}
 	path := filepath.Join(a.o.StateDir, "snapshots", ro.ID+".snap")
-	if err := a.o.Cluster.Snapshot(ctx, path); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, snapshotTimeout)
+	defer cancel()
+	if err := a.o.Cluster.Snapshot(sctx, path); err != nil {
 		a.log.Warn("failed to save the pre-upgrade snapshot", "error", err)
 		return
 	}
