@@ -22,6 +22,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/upgrader-dev/upgrader/internal/atomicfile"
 	"github.com/upgrader-dev/upgrader/internal/release"
 )
 
@@ -163,7 +164,7 @@ func buildVersion(o Options, version, binary string, log hclog.Logger) (VersionF
 		fmt.Fprintf(&sums, "%s  %s\n", l.sum, l.name)
 	}
 	vf.SHA256SUMS = filepath.Join(dir, idx.SHASums)
-	if err := writeFileAtomic(vf.SHA256SUMS, sums.Bytes(), 0o644); err != nil {
+	if err := atomicfile.WriteBytes(vf.SHA256SUMS, sums.Bytes(), 0o644); err != nil {
 		return vf, nil, err
 	}
 
@@ -181,7 +182,7 @@ func buildVersion(o Options, version, binary string, log hclog.Logger) (VersionF
 			return fmt.Errorf("failed to sign %s with %s: %w", idx.SHASums, release.ShortKeyID(signer), err)
 		}
 		path := filepath.Join(dir, name)
-		if err := writeFileAtomic(path, sig.Bytes(), 0o644); err != nil {
+		if err := atomicfile.WriteBytes(path, sig.Bytes(), 0o644); err != nil {
 			return err
 		}
 		vf.Signatures = append(vf.Signatures, path)
@@ -249,43 +250,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("failed to encode %s: %w", path, err)
 	}
-	return writeFileAtomic(path, append(b, '\n'), 0o644)
-}
-
-// writeFileAtomic writes b to path via a temp file in the same directory, fsync and rename.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	return writeAtomic(path, mode, func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	})
-}
-
-// writeAtomic streams fill into a temp file next to path, then fsyncs, chmods and renames it over path.
-func writeAtomic(path string, mode os.FileMode, fill func(io.Writer) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("failed to create a temp file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	err = fill(f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("failed to write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.WriteBytes(path, append(b, '\n'), 0o644)
 }
 
 // hashWriter tees writes into a SHA-256 and counts them.

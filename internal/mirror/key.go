@@ -11,6 +11,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/upgrader-dev/upgrader/internal/atomicfile"
 )
 
 // GenerateKey creates a signing key named name, created at now, that expires after lifetime (0: never). It is
@@ -59,7 +61,7 @@ func WritePublicKey(path string, keys ...*openpgp.Entity) error {
 		}
 		buf.WriteByte('\n')
 	}
-	return writeFileAtomic(path, buf.Bytes(), 0o644)
+	return atomicfile.WriteBytes(path, buf.Bytes(), 0o644)
 }
 
 // WritePrivateKey writes key, private parts included and unencrypted, to path with mode 0600. For the
@@ -83,7 +85,7 @@ func WritePrivateKey(path string, key *openpgp.Entity) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("failed to create %s: %w", filepath.Dir(path), err)
 	}
-	return writeFileAtomic(path, buf.Bytes(), 0o600)
+	return atomicfile.WriteBytes(path, buf.Bytes(), 0o600)
 }
 
 // ReadPrivateKey reads a key written by WritePrivateKey.

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"time"
+
+	"github.com/upgrader-dev/upgrader/internal/atomicfile"
 )
 
 // ZipEntry is one archive entry. Exactly one content source is used: LinkTarget (a symlink entry), Path
@@ -31,7 +33,7 @@ type ZipEntry struct {
 func writeZip(path string, entries []ZipEntry, modified time.Time) (string, int64, error) {
 	var sum string
 	var size int64
-	err := writeAtomic(path, 0o644, func(w io.Writer) error {
+	err := atomicfile.Write(path, 0o644, func(w io.Writer) error {
 		hw := newHashWriter(w)
 		zw := zip.NewWriter(hw)
 		zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {

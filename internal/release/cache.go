@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/upgrader-dev/upgrader/internal/atomicfile"
 )
 
 // cacheRecordName is the small JSON written last into CacheDir/<product>/<version>/: its presence means the
@@ -124,10 +126,10 @@ func (s *Source) fromCache(dir, product, version, goos, goarch string) (*Artifac
 
 // writeCache stores the verified SHA256SUMS and signature next to the artifact, then the record (last).
 func (s *Source) writeCache(dir string, a *Artifact, sumsName string, sums []byte, sigName string, sig []byte) error {
-	if err := writeFileAtomic(filepath.Join(dir, sumsName), sums, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(dir, sumsName), sums, 0o644); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, sigName), sig, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(dir, sigName), sig, 0o644); err != nil {
 		return err
 	}
 	rec := cacheRecord{
@@ -142,33 +144,5 @@ func (s *Source) writeCache(dir string, a *Artifact, sumsName string, sums []byt
 	if err != nil {
 		return fmt.Errorf("failed to encode cache record: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, cacheRecordName), append(b, '\n'), 0o644)
-}
-
-// writeFileAtomic writes b to path via a temp file in the same directory, fsync, rename, directory fsync.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("failed to create a temp file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("failed to write %s: %w", path, err)
-	}
-	return syncDir(dir)
+	return atomicfile.WriteBytes(filepath.Join(dir, cacheRecordName), append(b, '\n'), 0o644)
 }

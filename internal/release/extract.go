@@ -11,6 +11,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/upgrader-dev/upgrader/internal/atomicfile"
 )
 
 // maxZipEntries bounds the central directory we are willing to walk (real archives hold one or two files).
@@ -77,7 +79,7 @@ func extractBinary(zipPath, name, dest string, limit int64) (string, error) {
 		os.Remove(tmp)
 		return "", fmt.Errorf("failed to move the binary into %s: %w", dest, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
@@ -140,19 +142,6 @@ func checkEntryName(name string) error {
 	}
 	if path.Clean(trimmed) != trimmed {
 		return bad("non-canonical path")
-	}
-	return nil
-}
-
-// syncDir fsyncs a directory so a rename in it survives a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("failed to open %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("failed to sync %s: %w", dir, err)
 	}
 	return nil
 }
