@@ -87,6 +87,12 @@ func TestF2_LeaderChangesMidRollout(t *testing.T) {
 				t.Logf("transfer to %s: %v (retrying)", srv.Node, err)
 				break
 			}
+			// A transfer can end in another election (raft aborts it when the target does not win in
+			// time); only a move that sticks sets up the scenario. Otherwise try again.
+			if !leaderSettlesOn(ctx, f, srv.Node, 5*time.Second) {
+				t.Logf("transfer to %s did not stick; retrying", srv.Node)
+				break
+			}
 			moved = srv.Node
 			t.Logf("moved leadership %s -> %s while %s was confirming (%s into the rollout)", leader.Name, srv.Node, confirming, time.Since(start).Round(time.Millisecond))
 		}
@@ -115,5 +121,19 @@ func TestF2_LeaderChangesMidRollout(t *testing.T) {
 	}
 	if n := len(rep.StopOrder); n > 0 && rep.StopOrder[n-1] != moved {
 		t.Errorf("the server made leader mid-rollout (%s) should have gone last; order %v", moved, rep.StopOrder)
+	}
+}
+
+// leaderSettlesOn waits up to d until every server agrees that node leads.
+func leaderSettlesOn(ctx context.Context, f *Fleet, node string, d time.Duration) bool {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		if l, err := f.Cluster.Leader(wctx); err == nil && l.Name == node {
+			return true
+		}
+		if sleepCtx(wctx, 100*time.Millisecond) != nil {
+			return false
+		}
 	}
 }
