@@ -160,7 +160,11 @@ func TestF5_ACLDefaultDeny(t *testing.T) {
 	for _, n := range f.Managed() {
 		out := logSince(f.Upgrader(n.Name), offs[n.Name])
 		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, "Permission denied") || strings.Contains(line, "ACL not found") {
+			// A server that has just restarted answers "ACL system must be bootstrapped ... ACL not found"
+			// for a moment, before it has caught up with the ACL state: a failing gate sample, not a rule
+			// the policy lacks. Anything else is a denial the shipped policy should have prevented.
+			transient := strings.Contains(line, "ACL system must be bootstrapped")
+			if strings.Contains(line, "Permission denied") || (strings.Contains(line, "ACL not found") && !transient) {
 				t.Errorf("upgrader %s met a denial during the rollout: %s", n.Name, line)
 			}
 		}
