@@ -30,7 +30,7 @@ demo: testbin
 	$(GO) run ./scripts/demo
 
 bench: testbin
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout $(TEST_TIMEOUT) ./...
 
 cluster: testbin
 	scripts/cluster.sh up
