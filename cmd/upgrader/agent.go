@@ -126,7 +126,19 @@ func runAgentWith(ctx context.Context, cfg *config.Config, logger hclog.Logger) 
 		stopAgent()
 	}()
 
-	self, err := waitLocalAgent(ctx, local.API(), logger)
+	// In exec mode the agent this upgrader adopted may be one a killed predecessor was stopping: if it
+	// is gone while we wait for it, start it again rather than wait forever with the node down.
+	var ensureAgent func(context.Context) error
+	if ex, ok := restarter.(*restart.Exec); ok {
+		ensureAgent = func(ctx context.Context) error {
+			if ex.Pid() != 0 {
+				return nil
+			}
+			logger.Warn("the local agent is not running; starting it")
+			return ex.Start(ctx)
+		}
+	}
+	self, err := waitLocalAgent(ctx, local.API(), ensureAgent, logger)
 	if err != nil {
 		return err
 	}
@@ -302,7 +314,8 @@ type localSelf struct {
 }
 
 // waitLocalAgent waits until the local agent answers and says who it is.
-func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (localSelf, error) {
+// ensure, when set, is called while the agent does not answer (exec mode: start it if it is not running).
+func waitLocalAgent(ctx context.Context, c *api.Client, ensure func(context.Context) error, logger hclog.Logger) (localSelf, error) {
 	backoff := 200 * time.Millisecond
 	start := time.Now()
 	for {
@@ -315,6 +328,11 @@ func waitLocalAgent(ctx context.Context, c *api.Client, logger hclog.Logger) (lo
 			s.server, _ = cfg["Server"].(bool)
 			if s.node != "" {
 				return s, nil
+			}
+		}
+		if ensure != nil {
+			if eerr := ensure(ctx); eerr != nil {
+				logger.Warn("failed to start the local agent", "error", eerr)
 			}
 		}
 		// Waits for as long as it takes (the agent may be down for maintenance, or starting under exec),
