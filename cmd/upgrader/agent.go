@@ -407,9 +407,9 @@ func (o clusterOps) ServersUpgrading(ctx context.Context) (bool, error) {
 	return len(holders) > 0, err
 }
 
-// TransferLeader asks the local server (the leader) to hand leadership to another voter.
-func (o clusterOps) TransferLeader(ctx context.Context) error {
-	resp, err := o.local.Operator().RaftLeaderTransfer("", (&api.QueryOptions{}).WithContext(ctx))
+// TransferLeader asks the local server (the leader) to hand leadership to targetID ("": raft's choice).
+func (o clusterOps) TransferLeader(ctx context.Context, targetID string) error {
+	resp, err := o.local.Operator().RaftLeaderTransfer(targetID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("failed to transfer leadership: %w", err)
 	}

@@ -59,8 +59,9 @@ type Observer func(ctx context.Context) (health.Observation, error)
 
 // Cluster is the handful of cluster-wide operations the agent performs itself.
 type Cluster interface {
-	// TransferLeader moves raft leadership off this server (to any up-to-date voter).
-	TransferLeader(ctx context.Context) error
+	// TransferLeader moves raft leadership off this server to the voter with raft ID targetID ("": any
+	// up-to-date voter, raft's choice).
+	TransferLeader(ctx context.Context, targetID string) error
 	// Snapshot saves a Consul snapshot to path.
 	Snapshot(ctx context.Context, path string) error
 	// ServersUpgrading reports whether a server holds the server lock (is mid-upgrade): clients wait

@@ -254,8 +254,8 @@ func (w *world) observe(ctx context.Context) (health.Observation, error) {
 
 type fakeCluster struct{}
 
-func (fakeCluster) TransferLeader(context.Context) error   { return nil }
-func (fakeCluster) Snapshot(context.Context, string) error { return nil }
+func (fakeCluster) TransferLeader(context.Context, string) error { return nil }
+func (fakeCluster) Snapshot(context.Context, string) error       { return nil }
 func (fakeCluster) ServersUpgrading(context.Context) (bool, error) {
 	return false, nil
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sort"
 	"time"
 
 	"github.com/upgrader-dev/upgrader/internal/health"
@@ -29,9 +30,14 @@ func (a *Agent) transferLeadership(ctx context.Context) {
 	moved := func(obs health.Observation, _ time.Time) health.Verdict {
 		return leaderMovedOff(obs, a.o.Node, health.Policy{AllowSingleServer: a.o.AllowSingleServer})
 	}
+	targets := a.transferTargets(tctx)
 	for attempt := 1; ; attempt++ {
-		if err := a.o.Cluster.TransferLeader(tctx); err != nil {
-			a.log.Warn("leadership transfer failed", "attempt", attempt, "error", err)
+		target := ""
+		if len(targets) > 0 {
+			target = targets[(attempt-1)%len(targets)].id
+		}
+		if err := a.o.Cluster.TransferLeader(tctx, target); err != nil {
+			a.log.Warn("leadership transfer failed", "attempt", attempt, "target", target, "error", err)
 		}
 		// Wait until every server agrees on a new leader that is not us (also when the call failed:
 		// the leadership may have moved anyway).
@@ -49,6 +55,56 @@ func (a *Agent) transferLeadership(ctx context.Context) {
 		}
 		a.log.Info("leadership has not moved; asking again", "attempt", attempt, "error", err)
 	}
+}
+
+// transferTarget is a voter leadership may be handed to.
+type transferTarget struct {
+	id, node string
+	since    time.Time // when its upgrade was confirmed (zero: not upgraded in this rollout)
+}
+
+// transferTargets lists the other voters in the order to try them: servers upgraded longest ago first.
+// Raft's own choice, the most up-to-date follower, is often the server restarted seconds before; seen on
+// 1.16, its election then fails and the old leader is re-elected after a leaderless second or two.
+func (a *Agent) transferTargets(ctx context.Context) []transferTarget {
+	obs, err := a.o.Observe(ctx)
+	if err != nil || obs.Raft == nil {
+		return nil
+	}
+	statuses, err := a.o.Store.ListNodeStatus(ctx)
+	if err != nil {
+		statuses = nil
+	}
+	return orderTransferTargets(obs.Raft.Servers, statuses, a.o.Node)
+}
+
+// orderTransferTargets is transferTargets' pure part: voters other than self, those whose upgrade was
+// confirmed earliest first, then the rest by name. Pure.
+func orderTransferTargets(servers []health.RaftServer, statuses []rollout.NodeStatus, self string) []transferTarget {
+	done := map[string]time.Time{}
+	for _, s := range statuses {
+		if s.State == rollout.StateDone {
+			done[s.Node] = s.Since
+		}
+	}
+	var out []transferTarget
+	for _, srv := range servers {
+		if !srv.Voter || srv.Node == self || srv.ID == "" {
+			continue
+		}
+		out = append(out, transferTarget{id: srv.ID, node: srv.Node, since: done[srv.Node]})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		ti, tj := out[i].since, out[j].since
+		switch {
+		case ti.IsZero() != tj.IsZero():
+			return !ti.IsZero()
+		case !ti.Equal(tj):
+			return ti.Before(tj)
+		}
+		return out[i].node < out[j].node
+	})
+	return out
 }
 
 // leaderMovedOff passes once this server is no longer the leader in its own raft state nor in any

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/upgrader-dev/upgrader/internal/health"
+	"github.com/upgrader-dev/upgrader/internal/rollout"
 )
 
 // serverObs is a healthy 3-server observation from s1's point of view, with leader as the raft leader.
@@ -42,7 +44,7 @@ type transferCluster struct {
 	leader        string
 }
 
-func (c *transferCluster) TransferLeader(context.Context) error {
+func (c *transferCluster) TransferLeader(context.Context, string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls++
@@ -115,5 +117,32 @@ func TestLeaderMovedOff(t *testing.T) {
 	stale.ServerLeaders[2].Leader = "10.0.0.1:8300"
 	if v := leaderMovedOff(stale, "s1", policy); v.Pass {
 		t.Error("passed while s3 still names s1 leader")
+	}
+}
+
+func TestOrderTransferTargets(t *testing.T) {
+	at := func(s int) time.Time { return time.Date(2026, 12, 3, 12, 0, s, 0, time.UTC) }
+	servers := []health.RaftServer{
+		{ID: "id1", Node: "s1", Voter: true, Leader: true},
+		{ID: "id2", Node: "s2", Voter: true},
+		{ID: "id3", Node: "s3", Voter: true},
+		{ID: "id4", Node: "s4", Voter: false},
+		{ID: "id5", Node: "s5", Voter: true},
+	}
+	statuses := []rollout.NodeStatus{
+		{Node: "s2", State: rollout.StateDone, Since: at(40)}, // restarted seconds ago
+		{Node: "s3", State: rollout.StateDone, Since: at(10)}, // upgraded first
+		{Node: "s5", State: rollout.StateWaiting},
+	}
+	got := orderTransferTargets(servers, statuses, "s1")
+	var nodes []string
+	for _, g := range got {
+		nodes = append(nodes, g.node)
+	}
+	if want := []string{"s3", "s2", "s5"}; !reflect.DeepEqual(nodes, want) {
+		t.Fatalf("order = %v, want %v (upgraded longest ago first, non-voters and self left out)", nodes, want)
+	}
+	if orderTransferTargets(servers[:1], nil, "s1") != nil {
+		t.Fatal("no other voter: no target")
 	}
 }
