@@ -15,7 +15,6 @@ import (
 
 	"github.com/upgrader-dev/upgrader/internal/permission"
 	"github.com/upgrader-dev/upgrader/internal/rollout"
-	"github.com/upgrader-dev/upgrader/internal/testbin"
 )
 
 // Address blocks of the ACL and TLS tests: 127.0.42.x (ACLs) and 127.0.43.x (HTTPS only).
@@ -26,14 +25,7 @@ import (
 // rule, changes nothing and leaves its Consul agent running; with the right token it adopts that agent,
 // and a full 3-server rollout 1.16.0 -> 1.16.1 succeeds without a single 403.
 func TestF5_ACLDefaultDeny(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real Consul cluster")
-	}
-	t.Parallel()
-	testbin.Require(t, "1.16.0")
-	testbin.Require(t, "1.16.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := e2e(t, 10*time.Minute)
 	begin := time.Now()
 	f, err := Start(ctx, t, Options{Block: 42, Servers: 3, ACL: true, SnapshotToken: true})
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/upgrader-dev/upgrader/internal/rollout"
-	"github.com/upgrader-dev/upgrader/internal/testbin"
 )
 
 // TestF2_LeaderChangesMidRollout moves raft leadership, in the middle of a rollout, onto a server that
@@ -16,14 +15,7 @@ import (
 // leader early; the upgrader decides at every step, so the new leader defers, goes last, and hands
 // leadership over before it stops. Measured from outside by the monitor.
 func TestF2_LeaderChangesMidRollout(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real Consul cluster")
-	}
-	t.Parallel()
-	testbin.Require(t, "1.16.0")
-	testbin.Require(t, "1.16.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
+	ctx := e2e(t, 8*time.Minute)
 	f, err := Start(ctx, t, Options{Block: 46, Servers: 3, Clients: 1, Unmanaged: []string{"c1"}})
 	if err != nil {
 		t.Fatal(err)

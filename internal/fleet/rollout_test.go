@@ -21,14 +21,7 @@ import (
 // no two servers were ever impaired at once, the leader went last (or handed leadership over first), the
 // lock stayed held across each holder's restart, and writes through an unrestarted client kept working.
 func TestRollout_ServersThenClients(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real Consul cluster")
-	}
-	t.Parallel()
-	testbin.Require(t, "1.16.0")
-	testbin.Require(t, "1.16.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := e2e(t, 10*time.Minute)
 
 	f, err := Start(ctx, t, Options{Block: 30, Servers: 3, Clients: 3, Unmanaged: []string{"c3"}})
 	if err != nil {
@@ -124,14 +117,7 @@ func TestRollout_ServersThenClients(t *testing.T) {
 // TestRollout_BadReleaseChangesNothing: a target missing from the mirror, then a release signed by a key
 // nobody pinned, change nothing on any node, take no lock, and say why in every node's status record.
 func TestRollout_BadReleaseChangesNothing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real Consul cluster")
-	}
-	t.Parallel()
-	testbin.Require(t, "1.16.0")
-	testbin.Require(t, "1.16.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
+	ctx := e2e(t, 6*time.Minute)
 	f, err := Start(ctx, t, Options{Block: 31, Servers: 3})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"context"
 	"errors"
 	"net"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/upgrader-dev/upgrader/internal/rollout"
-	"github.com/upgrader-dev/upgrader/internal/testbin"
 )
 
 // TestTLS_HTTPSOnly: every agent serves HTTPS only (HTTP port closed, client certificates required),
@@ -21,14 +19,7 @@ import (
 // consul { ca_file, cert_file, key_file }, and so do their failover to other servers and the gates'
 // per-server clients (verified by IP): a 3-server rollout 1.16.0 -> 1.16.1 succeeds.
 func TestTLS_HTTPSOnly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real Consul cluster")
-	}
-	t.Parallel()
-	testbin.Require(t, "1.16.0")
-	testbin.Require(t, "1.16.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := e2e(t, 10*time.Minute)
 	begin := time.Now()
 	f, err := Start(ctx, t, Options{Block: 43, Servers: 3, TLS: true})
 	if err != nil {
